@@ -1,0 +1,14 @@
+"""DynamiCrafter (Xing et al., arXiv 2310.12190) in plain PyTorch: animate a still image with a video diffusion model
+that sees the image twice, as text-aligned context tokens and as visual detail guidance latents.
+
+No ComfyUI import anywhere in this package; `nodes/` adapts it to ComfyUI.
+"""
+from .checkpoint import detect_variant, load_model, read_state_dict
+from .config import SAMPLING_DEFAULTS, VARIANT_CONFIGS, VARIANTS, ModelConfig, from_original
+from .errors import (CheckpointError, ConfigError, DynamiCrafterError, InputError, MissingEncoderError,
+                     ModelFileNotFoundError)
+from .model import DynamiCrafter
+from .sampler import NoiseSchedule, ddim_timesteps, guided_denoiser, sample_ddim
+from .pipeline import sample
+
+__version__ = "0.1.0"

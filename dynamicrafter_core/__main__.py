@@ -1,0 +1,150 @@
+"""Command line: animate an image, interpolate between two, or make a loop.
+
+  python -m dynamicrafter_core animate IMAGE --prompt "..." [--checkpoint PATH] -o out.mp4
+  python -m dynamicrafter_core interpolate START END --prompt "..." [--checkpoint PATH] -o out.mp4
+  python -m dynamicrafter_core loop IMAGE --prompt "..." [--checkpoint PATH] -o out.gif
+  python -m dynamicrafter_core download 512
+
+The output's suffix picks the format: .mp4, .webp, .gif, or no suffix for a folder of PNG frames.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import VARIANTS
+from .errors import DynamiCrafterError, ModelFileNotFoundError
+from .sampler import SPACINGS
+from .weights import RELEASED, download, find_checkpoint, missing_message
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dynamicrafter_core", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, default_variant):
+        p.add_argument("--prompt", default="", help="what should happen in the video")
+        p.add_argument("--negative-prompt", default="", help="what to steer away from (default: nothing)")
+        p.add_argument("--checkpoint", type=Path, help="model file; default: look in the usual places")
+        p.add_argument("--variant", choices=VARIANTS,
+                       help=f"which released model to look for / download (default {default_variant}); with "
+                            "--checkpoint, the weights tell it, and this only separates 512 from 512_interp")
+        p.add_argument("--config", type=Path, help="the original inference yaml (or json) of a fine-tune; default: "
+                                                   "<checkpoint stem>.yaml next to it, else the released one")
+        p.add_argument("--download", action="store_true", help="download the released checkpoint if none is found")
+        p.add_argument("-o", "--output", type=Path, default=Path("dynamicrafter.mp4"),
+                       help=".mp4, .webp, .gif, or a folder for PNG frames (default dynamicrafter.mp4)")
+        p.add_argument("--seed", type=int, default=123)
+        p.add_argument("--steps", type=int, help="DDIM steps (default 50)")
+        p.add_argument("--cfg", type=float, help="text/image guidance scale (default 7.5)")
+        p.add_argument("--image-cfg", type=float, help="separate image guidance scale (three-branch guidance)")
+        p.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 the original's default")
+        p.add_argument("--fs", type=int, help="motion: FPS for 512/1024/interp (lower = more motion), frame stride "
+                                              "for 256 (higher = more motion); default per model")
+        p.add_argument("--guidance-rescale", type=float, help="default per model (0.7, or 0 for 256)")
+        p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default per model)")
+        p.add_argument("--frames", type=int, default=16, help="frames to generate (the models are trained on 16)")
+        p.add_argument("--width", type=int, help="multiple of 64 (default: the model's)")
+        p.add_argument("--height", type=int, help="multiple of 64 (default: the model's)")
+        p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+                       help="other aspect ratios: crop the centre (default), pad with black, or stretch")
+        p.add_argument("--fps", type=float, default=8.0, help="playback rate of the written video (default 8)")
+        p.add_argument("--device", default="auto", help="cuda, cpu, mps... (default: cuda if available)")
+        p.add_argument("--dtype", default="auto", choices=DTYPES, help="compute dtype (auto: bf16/fp16 on GPU, fp32 "
+                                                                       "on CPU)")
+
+    common(sub.add_parser("animate", help="image to video"), "512")
+    sub.choices["animate"].add_argument("image", type=Path)
+    sub.choices["animate"].add_argument("--end", type=Path, help="end image: interpolate to it (interp model)")
+    sub.choices["animate"].add_argument("--loop", action="store_true", help="loop back to the image (interp model)")
+    common(sub.add_parser("interpolate", help="a video from START to END (interp model)"), "512_interp")
+    sub.choices["interpolate"].add_argument("image", type=Path)
+    sub.choices["interpolate"].add_argument("end", type=Path)
+    common(sub.add_parser("loop", help="a seamless loop of IMAGE (interp model)"), "512_interp")
+    sub.choices["loop"].add_argument("image", type=Path)
+    p = sub.add_parser("download", help="download a released checkpoint from Hugging Face")
+    p.add_argument("variant", choices=tuple(RELEASED))
+    p.add_argument("--dir", type=Path, help="target folder (default ~/.cache/dynamicrafter)")
+    return ap
+
+
+def _device_and_dtype(device: str, dtype: str):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            dtype = "fp32"
+    return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _checkpoint(args, mode: str) -> Path:
+    if args.checkpoint is not None:
+        return args.checkpoint
+    variant = args.variant or ("512" if mode == "i2v" else "512_interp")
+    found = find_checkpoint(variant)
+    if found is not None:
+        return found
+    if args.download:
+        return download(variant)
+    raise ModelFileNotFoundError(missing_message(variant))
+
+
+def run(args) -> Path:
+    from tqdm import tqdm
+
+    from .checkpoint import load_model
+    from .pipeline import animate, load_image
+    from .video_io import write_video
+
+    if args.command == "download":
+        path = download(args.variant, args.dir)
+        print(path)
+        return path
+    mode = {"interpolate": "interp", "loop": "loop"}.get(args.command, "i2v")
+    end = getattr(args, "end", None)
+    if args.command == "animate":
+        mode = "loop" if args.loop else ("interp" if end is not None else "i2v")
+    image = load_image(args.image)
+    end_image = load_image(end) if end is not None else None
+    path = _checkpoint(args, mode)
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    # 512 and 512_interp weights look alike: asking for interpolation says which one the file is, unless told
+    override = args.variant or (None if mode == "i2v" else "512_interp")
+    print(f"loading {path} ...", file=sys.stderr)
+    model = load_model(path, config=args.config, device=device, dtype=dtype,
+                       variant=override if override in ("512", "512_interp") else None)
+    print(model.describe(), file=sys.stderr)
+    steps = args.steps or model.defaults.steps
+    with tqdm(total=steps, desc="sampling", unit="step") as bar:
+        frames = animate(model, image, args.prompt, end_image=end_image, mode=mode,
+                         negative_prompt=args.negative_prompt, frames=args.frames, steps=args.steps, cfg=args.cfg,
+                         eta=args.eta, fs=args.fs, guidance_rescale=args.guidance_rescale, spacing=args.spacing,
+                         seed=args.seed, image_cfg=args.image_cfg, height=args.height, width=args.width,
+                         fit=args.fit, callback=lambda info: bar.update(1))
+    out = write_video(frames, args.output, fps=args.fps)
+    print(f"wrote {frames.shape[0]} frames to {out}", file=sys.stderr)
+    return out
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except (DynamiCrafterError, ModelFileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Checkpoint files: reading them safely, the released key layout, telling the variant from the weights, and
+loading without random initialisation or a second copy of the weights.
+
+The released layout is a file format and stays at this edge: `PREFIXES` maps each top-level prefix to the submodule
+that holds it (inside, module names equal the released names), `LEGACY_NAMES` renames the 256 checkpoint's old fs
+MLP, and `IGNORED` lists what the original also loads but never uses.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .config import VARIANT_CONFIGS, VARIANTS, ModelConfig, from_original
+from .errors import CheckpointError, ConfigError, ModelFileNotFoundError
+from .model import DynamiCrafter
+
+log = logging.getLogger(__name__)
+
+PREFIXES = {
+    "model.diffusion_model.": "unet",
+    "first_stage_model.": "vae",
+    "image_proj_model.": "query_transformer",
+    "cond_stage_model.model.": "text_encoder",
+    "embedder.model.visual.": "image_encoder.visual",
+}
+
+LEGACY_NAMES = {"model.diffusion_model.framestride_embed.": "model.diffusion_model.fps_embedding."}
+
+SCHEDULE_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2", "scale_arr", "scale_factor",
+    "logvar", "lvlb_weights")
+IGNORED = SCHEDULE_BUFFERS + (
+    # the text tower's projection head and the image tower's text half and head: unused by DynamiCrafter
+    "cond_stage_model.model.text_projection", "cond_stage_model.model.logit_scale",
+    "embedder.model.token_embedding.", "embedder.model.positional_embedding", "embedder.model.ln_final.",
+    "embedder.model.text_projection", "embedder.model.logit_scale", "embedder.model.visual.ln_post.",
+    "embedder.model.visual.proj")
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+class _SafetensorsFile(Mapping):
+    """A read-only mapping over a .safetensors file that loads each tensor when asked (no whole-file copy)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt", device="cpu")
+        self._keys = list(self._file.keys())
+
+    def __getitem__(self, key):
+        return self._file.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def _unwrap(obj, path: Path) -> dict:
+    """The state dict inside a Lightning {"state_dict": ...}, a DeepSpeed {"module": ...} or a bare dict."""
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "module"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path.name} holds no tensors: it is not a model checkpoint")
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            # DeepSpeed saves "_forward_module.<key>"; DDP saves "module.<key>"
+            key = re.sub(r"^(_forward_module\.|module\.)", "", str(key))
+            out[key] = value
+    return out
+
+
+def read_state_dict(path: Union[str, Path]) -> StateDict:
+    """Read a checkpoint without executing any code from it: safetensors, or `.ckpt` through
+    torch.load(weights_only=True)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder; pass the checkpoint file inside it (e.g. model.ckpt)")
+    suffix = path.suffix.lower()
+    with open(path, "rb") as f:
+        head = f.read(8)
+    is_zip = head[:4] == b"PK\x03\x04"
+    if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and not is_zip and len(head) == 8):
+        try:
+            return _SafetensorsFile(path)
+        except Exception as e:  # safetensors raises its own error types for every kind of damage
+            if suffix in SAFETENSORS_SUFFIXES:
+                raise CheckpointError(
+                    f"{path.name} cannot be read as safetensors ({e}). The file is damaged or incomplete (an "
+                    "interrupted download?) or is not a safetensors file; download it again.") from e
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot mmap
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path.name}: it contains Python objects other than tensors, and unpickling them could "
+            f"run arbitrary code ({str(e).splitlines()[0]}). Use a .safetensors version of the checkpoint, or convert "
+            "this one in a trusted environment.") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path.name} cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}). The file is damaged or "
+            "incomplete (an interrupted download?) or is not a checkpoint at all; download it again.") from e
+    return _unwrap(obj, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a file is
+
+
+def rename_legacy(sd: StateDict) -> dict:
+    """Released names as the current code has them (the 256 file's `framestride_embed` -> `fps_embedding`)."""
+    out = {}
+    for key in sd:
+        new = key
+        for old, current in LEGACY_NAMES.items():
+            if key.startswith(old):
+                new = current + key[len(old):]
+        out[new] = key
+    return out  # current name -> name in the file
+
+
+def _any(keys: Iterable[str], pattern: str) -> bool:
+    rx = re.compile(pattern)
+    return any(rx.search(k) for k in keys)
+
+
+def looks_like(keys: Iterable[str]) -> str:
+    """A short guess at what model a state dict belongs to, for error messages."""
+    keys = list(keys)
+    if _any(keys, r"^model\.diffusion_model\..*temopral_conv"):
+        if _any(keys, r"^first_stage_model\.decoder\.attn_refinement"):
+            return "a ToonCrafter checkpoint"
+        if _any(keys, r"^model\.diffusion_model\..*attn2\.alpha$"):
+            return "a DynamiCrafter 256 checkpoint"
+        return "a DynamiCrafter 512/1024 checkpoint"
+    if _any(keys, r"^conditioner\.embedders") and _any(keys, r"time_stack|time_mixer"):
+        return "a Stable Video Diffusion checkpoint"
+    if _any(keys, r"^model\.diffusion_model\..*(temporal|motion_modules)"):
+        return "a video model that is not DynamiCrafter (e.g. VideoCrafter / AnimateDiff)"
+    if _any(keys, r"^cond_stage_model\.transformer\.text_model"):
+        return "a Stable Diffusion 1.x image checkpoint (768-wide CLIP text encoder)"
+    if _any(keys, r"^conditioner\.embedders\.1"):
+        return "a Stable Diffusion XL image checkpoint"
+    if _any(keys, r"^cond_stage_model\.model\.transformer"):
+        return "a Stable Diffusion 2.x image checkpoint"
+    if _any(keys, r"^model\.diffusion_model\."):
+        return "an image diffusion model that is not DynamiCrafter"
+    if _any(keys, r"^(double_blocks|single_blocks|blocks\.\d+\.(self_attn|cross_attn))"):
+        return "a transformer video/image model (Flux / Wan / similar), not DynamiCrafter"
+    if _any(keys, r"^(encoder|decoder)\.(down|up|mid)"):
+        return "a standalone VAE"
+    if _any(keys, r"^(visual\.|vision_model\.|text_model\.)"):
+        return "a CLIP model"
+    return "not a DynamiCrafter checkpoint"
+
+
+def detect_variant(keys: Iterable[str], scale_arr: Optional[torch.Tensor] = None, name_hint: str = "",
+                   override: Optional[str] = None) -> tuple[str, str]:
+    """(variant, how it was told) from the weights; the file name only separates what the weights cannot.
+
+    scale_arr: the file's dynamic-rescale curve; its base (0.3 vs 0.7) tells 1024 from 512."""
+    keys = list(keys)
+    if override not in (None, "", "auto"):
+        if override not in VARIANTS:
+            raise ConfigError(f"unknown variant override {override!r}; use one of {', '.join(VARIANTS)} or 'auto'")
+    if _any(keys, r"^first_stage_model\.decoder\.(attn_refinement|.*time_stack)"):
+        return "tooncrafter", "ToonCrafter dual-reference decoder keys"
+    if _any(keys, r"^model\.diffusion_model\..*attn2\.alpha$"):
+        return "256", "learnable image-gate `alpha` keys (256 model)"
+    hint = name_hint.lower()
+    if scale_arr is not None and not scale_arr.is_meta:
+        base = float(scale_arr.float()[-1])
+        if abs(base - 0.3) < 0.05:
+            return "1024", f"scale_arr base {base:.2f} (1024 model)"
+        family, how = "512", f"scale_arr base {base:.2f} (512 family)"
+    elif "1024" in hint:
+        return "1024", "file name (no scale_arr in the file to tell 512 from 1024)"
+    else:
+        family, how = "512", "default (no scale_arr in the file to tell 512 from 1024)"
+    if override in ("512", "512_interp"):
+        return override, f"{how}; {override} chosen by override"
+    if "interp" in hint or "loop" in hint:
+        return "512_interp", f"{how}; interpolation model by its file name (512 and 512_interp weights have the same layout)"
+    return family, how
+
+
+def sidecar_config(path: Path) -> Optional[Path]:
+    """A fine-tune's own config next to it: same stem, .yaml / .yml (original format) or .json."""
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _expected(module: nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def _fill(target: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str, guess: str,
+          cfg_note: str) -> None:
+    """Assign the tensors under `prefix` to `target`, refusing missing, extra and wrongly shaped ones."""
+    expected = _expected(target)
+    present = {k[len(prefix):]: k for k in names if k.startswith(prefix) and not k.startswith(IGNORED)}
+    missing = sorted(set(expected) - set(present))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(
+            f"{what} is missing `{prefix + missing[0]}`{more}. The file looks like {guess}. {cfg_note}")
+    extra = sorted(set(present) - set(expected))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise CheckpointError(
+            f"{what} has `{prefix + extra[0]}`{more}, which the configuration does not have. "
+            f"The file looks like {guess}. {cfg_note}")
+    tensors = {}
+    for local, shape in expected.items():
+        key = prefix + local
+        tensor = sd[names[key]]
+        if tuple(tensor.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{what}: `{key}` has shape {list(tensor.shape)} in the file, but {list(shape)} is expected. "
+                f"The file looks like {guess}. {cfg_note}")
+        if tensor.is_floating_point() and dtype is not None:
+            tensor = tensor.to(device=device, dtype=dtype)
+        else:
+            tensor = tensor.to(device=device)
+        tensors[local] = tensor
+    target.load_state_dict(tensors, strict=True, assign=True)
+
+
+def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, str, Path, ModelConfig] = None,
+               device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = torch.float32,
+               variant: Optional[str] = None, ops=nn) -> DynamiCrafter:
+    """Build DynamiCrafter from a checkpoint file (.safetensors / .ckpt) or a state dict.
+
+    config:  the original inference yaml's `model:` section (dict, path, or ModelConfig); by default a sidecar
+             `<stem>.yaml` / `<stem>.json` next to the file, else the released configuration of the variant.
+    device:  where the weights go; "meta" builds shapes only.
+    dtype:   the weights' dtype (None keeps what the file stores).
+    variant: "auto"/None, or an override ("512" vs "512_interp" cannot be told from the weights).
+    """
+    path = None
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        sd = read_state_dict(path)
+        what = f"checkpoint {path.name}"
+    elif isinstance(source, Mapping):
+        sd = source
+        what = "the state dict"
+    else:
+        raise CheckpointError(f"load_model takes a file path or a state dict, not {type(source).__name__}")
+    device = torch.device(device)
+
+    names = rename_legacy(sd)  # current name -> name in the file
+    if not any(k.startswith("model.diffusion_model.") for k in names) or not any(
+            "temopral_conv" in k for k in names):
+        raise CheckpointError(
+            f"{what} is not a DynamiCrafter checkpoint: it looks like {looks_like(names)}. Load one of the "
+            "DynamiCrafter files (dynamicrafter_512, _1024, _256, _512_interp, or ToonCrafter); see the README's "
+            "model table.")
+    guess = looks_like(names)
+    found, how = detect_variant(names, sd["scale_arr"] if "scale_arr" in sd else None,
+                                name_hint=path.name if path else "", override=variant)
+
+    if config is None and path is not None and (side := sidecar_config(path)) is not None:
+        config, how = side, f"{how}; configuration from {side.name}"
+    if config is None:
+        cfg = VARIANT_CONFIGS[found]
+        cfg_note = (f"It was checked against the released {found} configuration; if it is a fine-tune with its own "
+                    "inference yaml, put the yaml next to the file under the same name.")
+    else:
+        cfg = config if isinstance(config, ModelConfig) else from_original(config)
+        cfg_note = "It was checked against the given configuration: check that the two belong together."
+
+    has_text = any(k.startswith("cond_stage_model.model.") for k in names)
+    has_image = any(k.startswith("embedder.model.visual.") for k in names)
+    with torch.device("meta"):
+        model = DynamiCrafter(cfg, with_text_encoder=has_text, with_image_encoder=has_image, ops=ops)
+    present = {"text_encoder": has_text, "image_encoder.visual": has_image}
+    for prefix, attr in PREFIXES.items():
+        if present.get(attr, True):
+            _fill(model.get_submodule(attr), prefix, sd, names, device, dtype, what, guess, cfg_note)
+    unknown = sorted(k for k in names if not k.startswith(tuple(PREFIXES)) and not k.startswith(IGNORED))
+    if unknown:
+        log.info("ignored %d tensors outside DynamiCrafter's networks (first: %s)", len(unknown), unknown[0])
+    model.variant, model.variant_source = found, how
+    model.source = what
+    model.eval().requires_grad_(False)
+    if not (has_text and has_image):
+        log.info("%s has no CLIP %s tower: text/image encoders must come from elsewhere", what,
+                 " and ".join(n for n, h in (("text", has_text), ("image", has_image)) if not h))
+    return model

@@ -1,0 +1,121 @@
+"""DynamiCrafter: the networks of one checkpoint and the calls that use them (original: `LatentVisualDiffusion` in
+`lvdm/models/ddpm3d.py`).
+
+All images are (B, 3, H, W) in [-1, 1]; latents are scaled by `scale_factor` (0.18215), as the UNet sees them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .config import SAMPLING_DEFAULTS, ModelConfig, SamplingDefaults
+from .context import ImageEncoder, QueryTransformer, TextEncoder
+from .errors import InputError, MissingEncoderError
+from .sampler import NoiseSchedule
+from .unet import UNet
+from .vae import AutoencoderKL, sample_posterior
+
+
+class DynamiCrafter(nn.Module):
+    """The UNet, the VAE, the Query Transformer and (unless the file was pruned) the two OpenCLIP towers."""
+
+    def __init__(self, cfg: ModelConfig, with_text_encoder: bool = True, with_image_encoder: bool = True, ops=nn):
+        super().__init__()
+        self.config = cfg
+        self.unet = UNet(cfg.unet, ops=ops)
+        self.vae = AutoencoderKL(cfg.vae, ops=ops)
+        self.query_transformer = QueryTransformer(cfg.query_transformer, ops=ops)
+        self.text_encoder = TextEncoder(cfg.text_encoder) if with_text_encoder else None
+        self.image_encoder = ImageEncoder(cfg.image_encoder) if with_image_encoder else None
+        self.schedule = NoiseSchedule.from_config(cfg)
+        self.variant = "512"
+        self.variant_source = "default"
+        self.source = "state dict"
+
+    # -- description -------------------------------------------------------------------------------------------
+
+    @property
+    def defaults(self) -> SamplingDefaults:
+        return SAMPLING_DEFAULTS[self.variant]
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.input_blocks[0][0].weight.device
+
+    @property
+    def supports_interpolation(self) -> bool:
+        return self.variant in ("512_interp", "tooncrafter")
+
+    def describe(self) -> str:
+        towers = [name for name, tower in (("text", self.text_encoder), ("image", self.image_encoder)) if tower]
+        clip = f"CLIP towers: {', '.join(towers)}" if towers else "no CLIP towers (pruned file)"
+        h, w = self.config.resolution
+        return (f"DynamiCrafter {self.variant} ({self.variant_source}); {w}x{h}, "
+                f"{self.config.parameterization}-prediction; {clip}")
+
+    # -- the text-aligned image context ------------------------------------------------------------------------
+
+    def _require(self, tower, what: str, comfy_input: str):
+        if tower is None:
+            raise MissingEncoderError(
+                f"this checkpoint has no CLIP {what} encoder (it was pruned to the UNet, VAE and Query Transformer). "
+                f"Use the full checkpoint, or in ComfyUI connect the `{comfy_input}` input of Encode Image Context "
+                f"({'an SD2.x OpenCLIP-H text encoder' if what == 'text' else 'a CLIP ViT-H/14 vision model'}).")
+        return tower
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> (B, 77, D) OpenCLIP tokens, penultimate layer + ln_final."""
+        encoder = self._require(self.text_encoder, "text", "clip")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return encoder(encoder.tokenize(prompts))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 257, W_clip), all last-layer CLIP tokens."""
+        return self._require(self.image_encoder, "image", "clip_vision")(images)
+
+    @torch.no_grad()
+    def project_image(self, clip_tokens: torch.Tensor) -> torch.Tensor:
+        """The Query Transformer: (B, 257, W_clip) -> (B, 16 * T, D)."""
+        expected = self.config.query_transformer.embedding_dim
+        if clip_tokens.ndim != 3 or clip_tokens.shape[-1] != expected:
+            raise InputError(f"the image tokens have shape {tuple(clip_tokens.shape)}, but the Query Transformer "
+                             f"takes (batch, tokens, {expected}): the CLIP ViT-H/14 last hidden state (1280 wide for "
+                             "the released models)")
+        qt = self.query_transformer
+        return qt(clip_tokens.to(qt.proj_in.weight.device))
+
+    # -- the visual detail guidance (VAE) ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_latents(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) = scale_factor * (mean + std * noise), one image at a time."""
+        vae = self.vae
+        dev, dtype = vae.encoder.conv_in.weight.device, vae.dtype
+        latents = []
+        for i in range(images.shape[0]):
+            mean, std = vae.encode(images[i:i + 1].to(dev, dtype))
+            latents.append(sample_posterior(mean.float(), std.float(), None if noise is None else noise[i:i + 1],
+                                            generator))
+        return torch.cat(latents) * self.config.scale_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+        """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames at a time.
+        Unclamped."""
+        video = latents.ndim == 5
+        if video:
+            b, c, t, h, w = latents.shape
+            latents = latents.transpose(1, 2).reshape(b * t, c, h, w)
+        vae = self.vae
+        dev, dtype = vae.encoder.conv_in.weight.device, vae.dtype
+        z = latents / self.config.scale_factor
+        frames = torch.cat([vae.decode(z[i:i + chunk].to(dev, dtype)).float() for i in range(0, z.shape[0], chunk)])
+        if video:
+            frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
+        return frames

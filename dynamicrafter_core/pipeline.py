@@ -1,0 +1,282 @@
+"""Image to video, interpolation and loop: the whole recipe (original: `image_guided_synthesis` in
+`scripts/evaluation/inference.py`).
+
+1. text-aligned image context: cat[CLIP text(prompt), P(CLIP image(start))]; unconditional: cat[CLIP text(negative
+   or ""), P(CLIP image(mid-grey))]
+2. visual detail guidance: the start image's VAE latent on every frame (i2v), or the start and end latents on the
+   first and last frames with zeros between (interpolation; loop = interpolation back to the start image)
+3. DDIM over the UNet with classifier-free guidance (the concat latents stay in the unconditional branch)
+4. decode frame by frame
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from .errors import InputError
+from .model import DynamiCrafter
+from .sampler import (SPACINGS, StepCallback, check_eta, check_steps, ddim_timesteps, guided_denoiser,
+                      sample_ddim)
+
+MODES = ("i2v", "interp", "loop")
+FITS = ("crop", "pad", "stretch")
+
+
+def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional[torch.Tensor], concat: torch.Tensor,
+           steps: int = 50, cfg: float = 7.5, eta: float = 1.0, guidance_rescale: float = 0.7,
+           spacing: str = "uniform_trailing", fs: Union[int, torch.Tensor, None] = None,
+           x_T: Optional[torch.Tensor] = None, step_noise: Optional[torch.Tensor] = None,
+           generator: Optional[torch.Generator] = None, image_cfg: Optional[float] = None,
+           text_uncond_context: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None,
+           batch_branches: bool = True) -> torch.Tensor:
+    """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
+
+    context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
+    Noise: `x_T` and `step_noise` (steps, B, 4, T, h, w) when given, else drawn from `generator` on the CPU (so a
+    seed gives the same video on every device).
+    image_cfg + text_uncond_context: the three-branch guidance with its own image scale.
+    """
+    check_steps(steps, model.schedule.num_timesteps)
+    check_eta(eta)
+    if spacing not in SPACINGS:
+        raise InputError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if concat.ndim != 5:
+        raise InputError(f"concat latents must be (batch, 4, frames, h, w); got shape {tuple(concat.shape)}")
+    if context.shape[0] != concat.shape[0]:
+        raise InputError(f"the context has batch {context.shape[0]} but the guidance latents have batch "
+                         f"{concat.shape[0]}; give one context per video")
+    b, c, t, h, w = concat.shape
+    shape = (b, model.config.unet.out_channels, t, h, w)
+    dev = model.device
+    if fs is None:
+        fs = model.defaults.fs
+    fs = torch.as_tensor(fs, dtype=torch.long).reshape(-1).expand(b).to(dev)
+
+    def draw():
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    x = (x_T if x_T is not None else draw()).to(dev, torch.float32)
+    if step_noise is not None and step_noise.shape[0] < steps:
+        raise InputError(f"step_noise holds {step_noise.shape[0]} steps of noise; {steps} are needed")
+    noise = (lambda i: step_noise[i]) if step_noise is not None else (lambda i: draw())
+
+    concat = concat.to(dev, torch.float32)
+    unet = model.unet
+
+    def model_fn(x, t, ctx):
+        n = x.shape[0] // b
+        xc = torch.cat([x, concat.repeat(n, 1, 1, 1, 1)], dim=1)
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
+        return unet(xc, tt, ctx, fs.repeat(n))
+
+    ctx = context.to(dev)
+    unc = uncond_context.to(dev) if uncond_context is not None else None
+    tunc = text_uncond_context.to(dev) if text_uncond_context is not None else None
+    denoiser = guided_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
+    timesteps = ddim_timesteps(steps, spacing, model.schedule.num_timesteps)
+    with torch.no_grad():
+        return sample_ddim(denoiser, x, model.schedule, timesteps, eta, noise, callback)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images in
+
+
+def load_image(path) -> torch.Tensor:
+    """An image file -> (1, 3, H, W) in [-1, 1], RGB (alpha is composited on white, grayscale is expanded)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = im
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path.name} is not an image this program can read ({e})") from e
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) with C = 1 (grayscale), 3, or 4 (alpha dropped) -> (B, 3, H, W)."""
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise InputError(f"an image batch must be (batch, channels, height, width); got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise InputError("the image batch is empty; give at least one image")
+    c = images.shape[1]
+    if c == 1:
+        return images.expand(-1, 3, -1, -1)
+    if c == 4:
+        return images[:, :3]
+    if c != 3:
+        raise InputError(f"images need 1 (grayscale), 3 (RGB) or 4 (RGBA) channels; got {c}")
+    return images
+
+
+def check_size(height: int, width: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < 64 or value % 64:
+            nearest = max(64, int(round(value / 64)) * 64) if isinstance(value, (int, float)) else 512
+            raise InputError(f"{name} {value!r} is not a positive multiple of 64: the UNet halves the latent grid "
+                             f"(1/8 of the pixels) three times. Use {nearest}.")
+
+
+def fit_image(images: torch.Tensor, height: int, width: int, fit: str = "crop") -> torch.Tensor:
+    """(B, C, h, w) in [-1, 1] -> (B, 3, height, width).
+
+    crop:    scale so the image covers the frame, then cut the centre (default; nothing is distorted)
+    pad:     scale so the whole image fits, then fill the borders with black
+    stretch: scale each side to the frame (distorts other aspect ratios)
+    (The original command line resizes the shorter side and centre-crops, which pads narrow images with black.)"""
+    import torch.nn.functional as F
+
+    check_size(height, width)
+    if fit not in FITS:
+        raise InputError(f"unknown fit {fit!r}; use one of {', '.join(FITS)}")
+    images = as_rgb(images).float()
+    _, _, h, w = images.shape
+    if h < height // 8 or w < width // 8:
+        raise InputError(f"the image is {w}x{h} pixels, smaller than the model's latent grid ({width // 8}x"
+                         f"{height // 8}) for a {width}x{height} video; use an image of at least {width // 4}x"
+                         f"{height // 4} pixels")
+
+    def resize(x, size):
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+
+    if fit == "stretch":
+        return resize(images, (height, width))
+    scale = (max if fit == "crop" else min)(height / h, width / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = resize(images, (nh, nw))
+    if fit == "crop":
+        top, left = (nh - height) // 2, (nw - width) // 2
+        return x[:, :, top:top + height, left:left + width]
+    out = torch.full((x.shape[0], 3, height, width), -1.0)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    out[:, :, top:top + nh, left:left + nw] = x
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conditioning
+
+
+@dataclass
+class Conditioning:
+    """Both streams for one video: cross-attention contexts and the visual detail guidance latents."""
+    context: torch.Tensor  # (B, 77 + 16 T, D) text + image context
+    uncond_context: torch.Tensor  # negative text + mid-grey image context
+    text_uncond_context: torch.Tensor  # negative text + real image context (three-branch guidance)
+    concat: Optional[torch.Tensor] = None  # (B, 4, T, h, w)
+
+
+def text_image_context(text: torch.Tensor, negative_text: torch.Tensor, image_tokens: torch.Tensor,
+                       grey_image_tokens: torch.Tensor) -> Conditioning:
+    """Assemble the contexts from encoded text (B, 77, D) and projected image tokens (B, 16 T, D)."""
+    b = image_tokens.shape[0]
+    text, negative_text = (x.expand(b, -1, -1) if x.shape[0] == 1 else x for x in (text, negative_text))
+    grey_image_tokens = grey_image_tokens.expand(b, -1, -1)
+    return Conditioning(context=torch.cat([text, image_tokens], 1),
+                        uncond_context=torch.cat([negative_text, grey_image_tokens], 1),
+                        text_uncond_context=torch.cat([negative_text, image_tokens], 1))
+
+
+def encode_image_context(model: DynamiCrafter, image: torch.Tensor, prompt: str = "",
+                         negative_prompt: str = "") -> Conditioning:
+    """The text-aligned image context of `image` (B, 3, H, W) in [-1, 1] (the frame as the video will show it)."""
+    image = as_rgb(image)
+    text = model.encode_text([prompt, negative_prompt])
+    tokens = model.project_image(model.encode_image(torch.cat([image, torch.zeros_like(image[:1])])))
+    return text_image_context(text[:1], text[1:], tokens[:-1], tokens[-1:])
+
+
+def visual_detail_guidance(latent_start: torch.Tensor, frames: int,
+                           latent_end: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, 4, h, w) latents -> (B, 4, T, h, w): the start latent on every frame (i2v), or start on the first and end
+    on the last frame with zeros between (interpolation and loop)."""
+    if frames < 2 and latent_end is not None:
+        raise InputError("interpolation needs at least 2 frames")
+    if latent_end is None:
+        return latent_start[:, :, None].expand(-1, -1, frames, -1, -1).contiguous()
+    if latent_end.shape != latent_start.shape:
+        raise InputError(f"the start and end images give latents of different shapes {tuple(latent_start.shape)} "
+                         f"and {tuple(latent_end.shape)}; give both images the same size")
+    concat = torch.zeros(*latent_start.shape[:2], frames, *latent_start.shape[2:], dtype=latent_start.dtype)
+    concat[:, :, 0], concat[:, :, -1] = latent_start, latent_end
+    return concat
+
+
+def frames_to_images(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> (B*T, H, W, 3) in [0, 1] on the CPU."""
+    return ((video.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1).cpu().contiguous()
+
+
+def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_image: Optional[torch.Tensor] = None,
+            mode: str = "i2v", negative_prompt: str = "", frames: int = 16, steps: Optional[int] = None,
+            cfg: Optional[float] = None, eta: Optional[float] = None, fs: Optional[int] = None,
+            guidance_rescale: Optional[float] = None, spacing: Optional[str] = None, seed: int = 123,
+            image_cfg: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
+            fit: str = "crop", callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
+
+    mode: "i2v" (image to video), "interp" (start -> end_image), "loop" (start -> start, the repeated last frame
+    dropped). Unset sampler settings take the variant's defaults (the original scripts' values)."""
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "interp" and end_image is None:
+        raise InputError("interpolation needs an end image")
+    if mode != "i2v" and not model.supports_interpolation:
+        raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
+                         f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
+                         "if this file is the interpolation model under another name.")
+    if not isinstance(frames, int) or frames < 2:
+        raise InputError(f"frames must be a whole number of at least 2; got {frames!r}")
+    d = model.defaults
+    steps, cfg, eta = steps or d.steps, d.cfg if cfg is None else cfg, d.eta if eta is None else eta
+    fs, spacing = d.fs if fs is None else fs, spacing or d.spacing
+    guidance_rescale = d.guidance_rescale if guidance_rescale is None else guidance_rescale
+    check_steps(steps)
+    check_eta(eta)
+    if spacing not in SPACINGS:
+        raise InputError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    height, width = height or model.config.resolution[0], width or model.config.resolution[1]
+
+    start = fit_image(image, height, width, fit)
+    end = None
+    if mode == "loop":
+        end = start
+    elif mode == "interp":
+        end = fit_image(end_image, height, width, fit)
+        if end.shape[0] != start.shape[0]:
+            if end.shape[0] != 1 and start.shape[0] != 1:
+                raise InputError(f"{start.shape[0]} start images but {end.shape[0]} end images; give one end image "
+                                 "or one per start image")
+            n = max(start.shape[0], end.shape[0])
+            start, end = start.expand(n, -1, -1, -1), end.expand(n, -1, -1, -1)
+
+    generator = torch.Generator().manual_seed(int(seed))
+    cond = encode_image_context(model, start, prompt, negative_prompt)
+    latent_start = model.encode_latents(start, generator=generator)
+    latent_end = model.encode_latents(end, generator=generator) if end is not None else None
+    concat = visual_detail_guidance(latent_start, frames, latent_end)
+    latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=cfg, eta=eta,
+                     guidance_rescale=guidance_rescale, spacing=spacing, fs=fs, generator=generator,
+                     image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback)
+    if mode == "loop":
+        latents = latents[:, :, :-1]  # the last frame repeats the first
+    return frames_to_images(model.decode_latents(latents))

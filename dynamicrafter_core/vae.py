@@ -1,0 +1,269 @@
+"""The KL autoencoder (f8, 4 latent channels) that gives the visual detail guidance its latents (paper §3.2).
+
+Original: `lvdm/models/autoencoder.py` (`AutoencoderKL`) over `lvdm/modules/networks/ae_modules.py`, the usual
+LDM / Stable Diffusion VAE. Keys are the released ones (`encoder.down.N.block.M...`, `quant_conv`, ...).
+ToonCrafter's dual-reference decoder adds temporal layers and reference-feature fusion to the decoder; its layout is
+built here so that its checkpoint loads strictly, its forward pass is not implemented yet.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+from .config import VAEConfig
+from .errors import DynamiCrafterError
+
+
+def _norm(ops, channels: int):
+    return ops.GroupNorm(32, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, ops=nn):
+        super().__init__()
+        self.norm1 = _norm(ops, in_channels)
+        self.conv1 = ops.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(ops, out_channels)
+        self.conv2 = ops.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = ops.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions, 1x1-conv projections."""
+
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        self.norm = _norm(ops, channels)
+        self.q = ops.Conv2d(channels, channels, 1)
+        self.k = ops.Conv2d(channels, channels, 1)
+        self.v = ops.Conv2d(channels, channels, 1)
+        self.proj_out = ops.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        hn = self.norm(x)
+        q, k, v = (layer(hn).flatten(2).transpose(1, 2) for layer in (self.q, self.k, self.v))  # (B, HW, C)
+        out = attention(q, k, v, heads=1).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        self.conv = ops.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric padding, as the original
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        self.conv = ops.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _level(blocks, attn=None):
+    level = nn.Module()
+    level.block = nn.ModuleList(blocks)
+    level.attn = nn.ModuleList(attn or [])
+    return level
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig, ops=nn):
+        super().__init__()
+        ch, mult = cfg.ch, cfg.ch_mult
+        self.conv_in = ops.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        block_in, res = ch, cfg.resolution
+        for i, m in enumerate(mult):
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResnetBlock(block_in, ch * m, ops=ops))
+                block_in = ch * m
+                if res in cfg.attn_resolutions:
+                    attns.append(AttnBlock(block_in, ops=ops))
+            level = _level(blocks, attns)
+            if i != len(mult) - 1:
+                level.downsample = Downsample(block_in, ops=ops)
+                res //= 2
+            self.down.append(level)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, ops=ops)
+        self.mid.attn_1 = AttnBlock(block_in, ops=ops)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, ops=ops)
+        self.norm_out = _norm(ops, block_in)
+        self.conv_out = ops.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for level in self.down:
+            for i, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn):
+                    h = level.attn[i](h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig, ops=nn):
+        super().__init__()
+        ch, mult = cfg.ch, cfg.ch_mult
+        block_in = ch * mult[-1]
+        res = cfg.resolution // 2 ** (len(mult) - 1)
+        self.conv_in = ops.Conv2d(cfg.z_channels, block_in, 3, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, ops=ops)
+        self.mid.attn_1 = AttnBlock(block_in, ops=ops)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, ops=ops)
+        levels = []
+        for i in reversed(range(len(mult))):
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(block_in, ch * mult[i], ops=ops))
+                block_in = ch * mult[i]
+                if res in cfg.attn_resolutions:
+                    attns.append(AttnBlock(block_in, ops=ops))
+            level = _level(blocks, attns)
+            if i != 0:
+                level.upsample = Upsample(block_in, ops=ops)
+                res *= 2
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = _norm(ops, block_in)
+        self.conv_out = ops.Conv2d(block_in, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z):
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for level in reversed(self.up):
+            for i, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn):
+                    h = level.attn[i](h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ToonCrafter's dual-reference decoder: the layout (MODEL_SPEC §9), so that its checkpoint loads and is checked.
+
+
+class _TimeStack(nn.Module):
+    """A 3D ResBlock without time embedding: in_layers (GN, SiLU, Conv3d (3,1,1)), out_layers (GN, SiLU, Dropout,
+    Conv3d)."""
+
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        conv = lambda: ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))  # noqa: E731
+        self.in_layers = nn.Sequential(ops.GroupNorm(32, channels), nn.SiLU(), conv())
+        self.out_layers = nn.Sequential(ops.GroupNorm(32, channels), nn.SiLU(), nn.Identity(), conv())
+
+
+class _VideoResnetBlock(ResnetBlock):
+    def __init__(self, in_channels: int, out_channels: int, ops=nn):
+        super().__init__(in_channels, out_channels, ops=ops)
+        self.time_stack = _TimeStack(out_channels, ops=ops)
+        self.mix_factor = nn.Parameter(torch.zeros(1))
+
+
+class _Combiner(nn.Module):
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        self.conv = ops.Conv2d(channels, channels, 1)
+
+
+class _ReferenceCrossAttention(nn.Module):
+    def __init__(self, channels: int, ops=nn):
+        super().__init__()
+        self.norm = ops.GroupNorm(32, channels, eps=1e-6)
+        self.to_q = ops.Linear(channels, channels, bias=False)
+        self.to_k = ops.Linear(channels, channels, bias=False)
+        self.to_v = ops.Linear(channels, channels, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(channels, channels), nn.Identity())
+
+
+class _TimeMixConv(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, ops=nn):
+        super().__init__()
+        conv = ops.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.weight, self.bias = conv.weight, conv.bias
+        self.time_mix_conv = ops.Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
+
+
+class DualReferenceDecoder(Decoder):
+    """ToonCrafter's decoder layout: every ResnetBlock gains a temporal stack and a learned mix factor,
+    `attn_refinement` fuses the first/last frames' encoder features, `conv_out` gains a temporal conv."""
+
+    def __init__(self, cfg: VAEConfig, ops=nn):
+        super().__init__(cfg, ops=ops)
+
+        def video(block: ResnetBlock) -> _VideoResnetBlock:
+            return _VideoResnetBlock(block.conv1.in_channels, block.conv1.out_channels, ops=ops)
+
+        self.mid.block_1, self.mid.block_2 = video(self.mid.block_1), video(self.mid.block_2)
+        for level in self.up:
+            level.block = nn.ModuleList(video(b) for b in level.block)
+        ch, mult = cfg.ch, cfg.ch_mult
+        self.attn_refinement = nn.ModuleList([
+            _Combiner(ch * mult[0], ops=ops), _Combiner(ch * mult[1], ops=ops),
+            _ReferenceCrossAttention(ch * mult[2], ops=ops), _ReferenceCrossAttention(ch * mult[3], ops=ops),
+            _Combiner(ch * mult[0], ops=ops)])
+        self.conv_out = _TimeMixConv(ch * mult[0], cfg.out_ch, ops=ops)
+
+    def forward(self, z):
+        raise DynamiCrafterError(
+            "ToonCrafter's dual-reference decoder is not implemented yet: its checkpoint loads, but decoding "
+            "ToonCrafter latents needs that decoder. Use a DynamiCrafter 512_interp checkpoint for interpolation.")
+
+
+class AutoencoderKL(nn.Module):
+    """Encoder -> quant_conv -> (mean, logvar) ... z -> post_quant_conv -> Decoder."""
+
+    def __init__(self, cfg: VAEConfig, ops=nn):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, ops=ops)
+        self.decoder = (DualReferenceDecoder if cfg.dual_reference else Decoder)(cfg, ops=ops)
+        self.quant_conv = ops.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = ops.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.conv_in.weight.dtype
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) in [-1, 1] -> posterior (mean, std), each (B, embed_dim, H/8, W/8)."""
+        moments = self.quant_conv(self.encoder(x))
+        mean, logvar = moments.chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        return mean, std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """mean + std * noise; noise drawn on the CPU (as the original) when not given, so seeds agree across devices."""
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+    return mean + std * noise.to(mean)
