@@ -1,0 +1,40 @@
+"""Shared test fixtures: the tiny DynamiCrafter checkpoint in the released layout (tests/fixtures/tiny_v07, made by
+the original implementation along with its reference outputs)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).parent
+FIXTURE = TESTS / "fixtures" / "tiny_v07"
+CHECKPOINT = FIXTURE / "tiny_v07.safetensors"
+CONFIG_FILE = FIXTURE / "tiny_v07.config.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict:
+    return json.loads(CONFIG_FILE.read_text())["model"]
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dict() -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(CHECKPOINT))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    import dynamicrafter_core as dc
+
+    return dc.load_model(CHECKPOINT, config=tiny_config)
+
+
+@pytest.fixture()
+def image() -> torch.Tensor:
+    """A 96x128 RGB test picture in [-1, 1]: a bright square on a gradient."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 96), torch.linspace(-1, 1, 128), indexing="ij")
+    img = torch.stack([x, y, x * y]) * 0.5
+    img[:, 30:60, 40:80] = 0.9
+    return img[None]
