@@ -102,7 +102,8 @@ def run(args) -> Path:
     from tqdm import tqdm
 
     from .checkpoint import load_model
-    from .pipeline import animate, load_image
+    from .pipeline import animate, check_size, load_image
+    from .sampler import check_eta, check_steps
     from .video_io import write_video
 
     if args.command == "download":
@@ -113,6 +114,14 @@ def run(args) -> Path:
     end = getattr(args, "end", None)
     if args.command == "animate":
         mode = "loop" if args.loop else ("interp" if end is not None else "i2v")
+    # settings are checked before the (slow) model load, so a typo costs nothing
+    if args.steps is not None:
+        check_steps(args.steps)
+    if args.eta is not None:
+        check_eta(args.eta)
+    for side in (args.width, args.height):
+        if side is not None:
+            check_size(side, side)
     image = load_image(args.image)
     end_image = load_image(end) if end is not None else None
     path = _checkpoint(args, mode)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
@@ -120,15 +119,16 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
             if "mmap" not in str(e):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot mmap
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # torch.load reports damage and refusals with many exception types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():
+            raise CheckpointError(
+                f"refused to load {path.name}: besides tensors it contains Python objects whose unpickling could run "
+                f"arbitrary code ({first_line}). Use a .safetensors version of the checkpoint, or convert this one "
+                "in an environment you trust.") from e
         raise CheckpointError(
-            f"refused to load {path.name}: it contains Python objects other than tensors, and unpickling them could "
-            f"run arbitrary code ({str(e).splitlines()[0]}). Use a .safetensors version of the checkpoint, or convert "
-            "this one in a trusted environment.") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path.name} cannot be read as a PyTorch checkpoint ({str(e).splitlines()[0]}). The file is damaged or "
-            "incomplete (an interrupted download?) or is not a checkpoint at all; download it again.") from e
+            f"{path.name} cannot be read as a PyTorch checkpoint ({first_line}). The file is damaged or incomplete "
+            "(an interrupted download?) or is not a checkpoint at all; download it again.") from e
     return _unwrap(obj, path)
 
 

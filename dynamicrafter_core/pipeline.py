@@ -247,7 +247,8 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     if not isinstance(frames, int) or frames < 2:
         raise InputError(f"frames must be a whole number of at least 2; got {frames!r}")
     d = model.defaults
-    steps, cfg, eta = steps or d.steps, d.cfg if cfg is None else cfg, d.eta if eta is None else eta
+    steps = d.steps if steps is None else steps
+    cfg, eta = d.cfg if cfg is None else cfg, d.eta if eta is None else eta
     fs, spacing = d.fs if fs is None else fs, spacing or d.spacing
     guidance_rescale = d.guidance_rescale if guidance_rescale is None else guidance_rescale
     check_steps(steps)

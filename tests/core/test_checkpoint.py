@@ -1,0 +1,164 @@
+"""Loading the files users have: formats, wrappers, legacy names, pruned files, variants, and clear refusals."""
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import dynamicrafter_core as dc
+from dynamicrafter_core.checkpoint import detect_variant
+
+from ..conftest import CHECKPOINT, CONFIG_FILE
+
+
+def unet_output(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 8, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77 + 64, 16, generator=g)
+    return model.unet(x, torch.tensor([500]), ctx, torch.tensor([24]))
+
+
+@pytest.fixture(scope="module")
+def reference_output(tiny_model):
+    return unet_output(tiny_model)
+
+
+def test_ckpt_with_state_dict_wrapper_loads_the_same_weights(tmp_path, tiny_state_dict, tiny_config,
+                                                             reference_output):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": tiny_state_dict, "epoch": 3, "global_step": 1000}, path)
+    model = dc.load_model(path, config=tiny_config)
+    torch.testing.assert_close(unet_output(model), reference_output)
+
+
+def test_deepspeed_module_wrapper_loads(tmp_path, tiny_state_dict, tiny_config, reference_output):
+    path = tmp_path / "ds.ckpt"
+    torch.save({"module": {f"_forward_module.{k}": v for k, v in tiny_state_dict.items()}}, path)
+    torch.testing.assert_close(unet_output(dc.load_model(path, config=tiny_config)), reference_output)
+
+
+def test_legacy_framestride_names_of_the_256_file_load(tmp_path, tiny_state_dict, tiny_config, reference_output):
+    legacy = {k.replace("fps_embedding", "framestride_embed"): v for k, v in tiny_state_dict.items()}
+    assert any("framestride_embed" in k for k in legacy)
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": legacy}, path)
+    torch.testing.assert_close(unet_output(dc.load_model(path, config=tiny_config)), reference_output)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_ckpt_whose_pickle_would_run_code_is_refused(tmp_path, tiny_config):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"x": torch.zeros(1)}, "payload": _Exploit(marker)}, f)
+    with pytest.raises(dc.CheckpointError, match="arbitrary code"):
+        dc.load_model(path, config=tiny_config)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["notes.safetensors", "notes.ckpt", "notes.bin"])
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("these are my holiday notes, not a model\n" * 10)
+    with pytest.raises(dc.CheckpointError, match=name):
+        dc.load_model(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_truncated_download_is_refused_with_advice(tmp_path, tiny_state_dict, suffix):
+    full = tmp_path / f"full{suffix}"
+    if suffix == ".ckpt":
+        torch.save({"state_dict": tiny_state_dict}, full)
+    else:
+        shutil.copy(CHECKPOINT, full)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(dc.CheckpointError, match="download it again"):
+        dc.load_model(cut)
+
+
+def test_a_missing_file_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        dc.load_model(tmp_path / "nothing.safetensors")
+
+
+def test_a_stable_diffusion_checkpoint_is_named_as_such(tmp_path):
+    sd = {
+        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 768),
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(10, 768),
+        "first_stage_model.encoder.conv_in.weight": torch.zeros(128, 3, 3, 3),
+    }
+    path = tmp_path / "v1-5-pruned.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(dc.CheckpointError, match="Stable Diffusion 1.x"):
+        dc.load_model(path)
+
+
+def test_a_config_of_another_size_names_the_mismatching_key(tiny_state_dict):
+    # no config: the released 512 configuration is assumed, and the tiny weights do not fit it
+    with pytest.raises(dc.CheckpointError, match=r"model\.diffusion_model\.\S+ .*shape|missing"):
+        dc.load_model(tiny_state_dict)
+
+
+def test_pruned_file_loads_and_asks_for_external_encoders(tiny_state_dict, tiny_config):
+    pruned = {k: v for k, v in tiny_state_dict.items()
+              if k.startswith(("model.diffusion_model.", "first_stage_model.", "image_proj_model."))}
+    model = dc.load_model(pruned, config=tiny_config)
+    assert model.text_encoder is None and model.image_encoder is None
+    with pytest.raises(dc.MissingEncoderError, match="clip"):
+        model.encode_text(["a cat"])
+    with pytest.raises(dc.MissingEncoderError, match="clip_vision"):
+        model.encode_image(torch.zeros(1, 3, 64, 64))
+    assert "pruned" in model.describe()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_files_load_in_the_requested_dtype(tiny_state_dict, tiny_config, dtype, reference_output):
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tiny_state_dict.items()}
+    kept = dc.load_model(sd, config=tiny_config, dtype=None)
+    assert kept.unet.time_embed[0].weight.dtype == dtype
+    upcast = dc.load_model(sd, config=tiny_config, dtype=torch.float32)
+    assert upcast.unet.time_embed[0].weight.dtype == torch.float32
+    if dtype == torch.float16:  # the fixture is stored in fp16: same weights, same output
+        torch.testing.assert_close(unet_output(upcast), reference_output)
+
+
+def test_sidecar_json_next_to_the_checkpoint_is_used(tmp_path, reference_output):
+    shutil.copy(CHECKPOINT, tmp_path / "my_finetune.safetensors")
+    (tmp_path / "my_finetune.json").write_text(json.dumps(json.loads(CONFIG_FILE.read_text())["model"]))
+    model = dc.load_model(tmp_path / "my_finetune.safetensors")
+    assert "my_finetune.json" in model.variant_source
+    torch.testing.assert_close(unet_output(model), reference_output)
+
+
+def test_meta_device_builds_shapes_only(tiny_state_dict, tiny_config):
+    model = dc.load_model({k: v.to("meta") for k, v in tiny_state_dict.items()}, config=tiny_config, device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_variant_is_told_from_the_weights_not_the_name():
+    keys = ["model.diffusion_model.input_blocks.1.0.temopral_conv.conv1.2.weight"]
+    base_03 = torch.cat([torch.linspace(1, 0.3, 400), torch.full((1000,), 0.3)])
+    base_07 = torch.cat([torch.linspace(1, 0.7, 400), torch.full((1000,), 0.7)])
+    assert detect_variant(keys, base_03, name_hint="dynamicrafter_512.ckpt")[0] == "1024"
+    assert detect_variant(keys, base_07, name_hint="dc_1024.ckpt")[0] == "512"
+    assert detect_variant(keys + ["model.diffusion_model.x.attn2.alpha"], None)[0] == "256"
+    assert detect_variant(keys + ["first_stage_model.decoder.attn_refinement.0.conv.weight"], None)[0] == "tooncrafter"
+    # 512 and 512_interp have identical tensors: the name, or an explicit choice, decides
+    assert detect_variant(keys, base_07, name_hint="dynamicrafter_512_interp_v1.ckpt")[0] == "512_interp"
+    assert detect_variant(keys, base_07, name_hint="model.ckpt", override="512_interp")[0] == "512_interp"
+    variant, how = detect_variant(keys, base_07, name_hint="x_interp.ckpt", override="512")
+    assert variant == "512" and "override" in how
+    with pytest.raises(dc.ConfigError, match="unknown variant"):
+        detect_variant(keys, base_07, override="2048")
