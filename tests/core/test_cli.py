@@ -1,5 +1,6 @@
 """The command line on the fixture checkpoint: a playable video with the requested frames, reproducible by seed,
 and clear errors (exit status 2, one line, no traceback) for bad input."""
+import os
 import subprocess
 import sys
 
@@ -84,7 +85,7 @@ def test_without_a_checkpoint_it_says_what_to_download_and_where(tmp_path, photo
     env_home = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-m", "dynamicrafter_core", "animate", str(photo)], capture_output=True,
                             text=True, cwd=tmp_path, timeout=300,
-                            env={**__import__("os").environ, **env_home, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, **env_home, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert "huggingface.co/Doubiiu/DynamiCrafter_512" in result.stderr
     assert "dynamicrafter_512_v1.ckpt" in result.stderr and "--download" in result.stderr
