@@ -8,7 +8,14 @@ from .config import SAMPLING_DEFAULTS, VARIANT_CONFIGS, VARIANTS, ModelConfig, f
 from .errors import (CheckpointError, ConfigError, DynamiCrafterError, InputError, MissingEncoderError,
                      ModelFileNotFoundError)
 from .model import DynamiCrafter
+from .pipeline import animate, sample
 from .sampler import NoiseSchedule, ddim_timesteps, guided_denoiser, sample_ddim
-from .pipeline import sample
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "load_model", "read_state_dict", "detect_variant", "DynamiCrafter", "ModelConfig", "from_original", "VARIANTS",
+    "VARIANT_CONFIGS", "SAMPLING_DEFAULTS", "animate", "sample", "ddim_timesteps", "sample_ddim", "guided_denoiser",
+    "NoiseSchedule", "DynamiCrafterError", "CheckpointError", "ConfigError", "InputError", "MissingEncoderError",
+    "ModelFileNotFoundError",
+]

@@ -55,6 +55,16 @@ class DynamiCrafter(nn.Module):
         return (f"DynamiCrafter {self.variant} ({self.variant_source}); {w}x{h}, "
                 f"{self.config.parameterization}-prediction; {clip}")
 
+    def place(self, stage: str, device) -> None:
+        """Low-memory mode: only the networks of `stage` on `device`, the others on the CPU. "encode": the CLIP
+        towers and the Query Transformer (2 GB in bf16); "sample": the UNet (2.9 GB). The VAE stays where it is."""
+        encoders = [m for m in (self.text_encoder, self.image_encoder, self.query_transformer) if m is not None]
+        wanted, spare = (encoders, [self.unet]) if stage == "encode" else ([self.unet], encoders)
+        for module in spare:
+            module.to("cpu")
+        for module in wanted:
+            module.to(device)
+
     # -- the text-aligned image context ------------------------------------------------------------------------
 
     def _require(self, tower, what: str, comfy_input: str):
@@ -92,17 +102,27 @@ class DynamiCrafter(nn.Module):
     # -- the visual detail guidance (VAE) ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_latents(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) = scale_factor * (mean + std * noise), one image at a time."""
+    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) in [-1, 1] -> the VAE posterior (mean, std), each (B, 4, H/8, W/8) float32, one image at a
+        time (the original's per-frame encoding)."""
         vae = self.vae
         dev, dtype = vae.encoder.conv_in.weight.device, vae.dtype
-        latents = []
-        for i in range(images.shape[0]):
-            mean, std = vae.encode(images[i:i + 1].to(dev, dtype))
-            latents.append(sample_posterior(mean.float(), std.float(), None if noise is None else noise[i:i + 1],
-                                            generator))
+        mean, std = zip(*(vae.encode(images[i:i + 1].to(dev, dtype)) for i in range(images.shape[0])))
+        return torch.cat(mean).float(), torch.cat(std).float()
+
+    def sample_latents(self, posterior: tuple[torch.Tensor, torch.Tensor], noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """scale_factor * (mean + std * noise); noise drawn image by image from `generator` (on the CPU) unless
+        given."""
+        mean, std = posterior
+        latents = [sample_posterior(mean[i:i + 1], std[i:i + 1], None if noise is None else noise[i:i + 1],
+                                    generator) for i in range(mean.shape[0])]
         return torch.cat(latents) * self.config.scale_factor
+
+    def encode_latents(self, images: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) = scale_factor * (mean + std * noise), the UNet's latents."""
+        return self.sample_latents(self.encode_posterior(images), noise, generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk: int = 1) -> torch.Tensor:

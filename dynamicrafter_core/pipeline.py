@@ -30,13 +30,14 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
            x_T: Optional[torch.Tensor] = None, step_noise: Optional[torch.Tensor] = None,
            generator: Optional[torch.Generator] = None, image_cfg: Optional[float] = None,
            text_uncond_context: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None,
-           batch_branches: bool = True) -> torch.Tensor:
+           batch_branches: bool = True, device: Union[str, torch.device, None] = None) -> torch.Tensor:
     """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
 
     context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
     Noise: `x_T` and `step_noise` (steps, B, 4, T, h, w) when given, else drawn from `generator` on the CPU (so a
     seed gives the same video on every device).
     image_cfg + text_uncond_context: the three-branch guidance with its own image scale.
+    device: where to sample (default: where the UNet's first layer is; a host that loads the UNet partially says).
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
@@ -49,7 +50,7 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
                          f"{concat.shape[0]}; give one context per video")
     b, c, t, h, w = concat.shape
     shape = (b, model.config.unet.out_channels, t, h, w)
-    dev = model.device
+    dev = torch.device(device) if device is not None else model.device
     if fs is None:
         fs = model.defaults.fs
     fs = torch.as_tensor(fs, dtype=torch.long).reshape(-1).expand(b).to(dev)
@@ -109,7 +110,8 @@ def load_image(path) -> torch.Tensor:
 
 
 def as_rgb(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) with C = 1 (grayscale), 3, or 4 (alpha dropped) -> (B, 3, H, W)."""
+    """(B, C, H, W) with C = 1 (grayscale), 3, or 4 (alpha dropped) -> (B, 3, H, W), contiguous (a ComfyUI IMAGE
+    arrives channels-last, and convolutions round differently on that layout: a seed must give one video)."""
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
@@ -117,13 +119,9 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
     if images.shape[0] == 0:
         raise InputError("the image batch is empty; give at least one image")
     c = images.shape[1]
-    if c == 1:
-        return images.expand(-1, 3, -1, -1)
-    if c == 4:
-        return images[:, :3]
-    if c != 3:
+    if c not in (1, 3, 4):
         raise InputError(f"images need 1 (grayscale), 3 (RGB) or 4 (RGBA) channels; got {c}")
-    return images
+    return (images.expand(-1, 3, -1, -1) if c == 1 else images[:, :3]).contiguous()
 
 
 def check_size(height: int, width: int) -> None:
@@ -165,7 +163,7 @@ def fit_image(images: torch.Tensor, height: int, width: int, fit: str = "crop") 
     x = resize(images, (nh, nw))
     if fit == "crop":
         top, left = (nh - height) // 2, (nw - width) // 2
-        return x[:, :, top:top + height, left:left + width]
+        return x[:, :, top:top + height, left:left + width].contiguous()
     out = torch.full((x.shape[0], 3, height, width), -1.0)
     top, left = (height - nh) // 2, (width - nw) // 2
     out[:, :, top:top + nh, left:left + nw] = x
@@ -231,11 +229,13 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             cfg: Optional[float] = None, eta: Optional[float] = None, fs: Optional[int] = None,
             guidance_rescale: Optional[float] = None, spacing: Optional[str] = None, seed: int = 123,
             image_cfg: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
-            fit: str = "crop", callback: Optional[StepCallback] = None) -> torch.Tensor:
+            fit: str = "crop", callback: Optional[StepCallback] = None, low_memory: bool = False) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
     mode: "i2v" (image to video), "interp" (start -> end_image), "loop" (start -> start, the repeated last frame
-    dropped). Unset sampler settings take the variant's defaults (the original scripts' values)."""
+    dropped). Unset sampler settings take the variant's defaults (the original scripts' values).
+    low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
+    and run the guidance branches one after the other. The same video, with less GPU memory and some transfers."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "interp" and end_image is None:
@@ -271,13 +271,19 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             start, end = start.expand(n, -1, -1, -1), end.expand(n, -1, -1, -1)
 
     generator = torch.Generator().manual_seed(int(seed))
+    home = model.vae.encoder.conv_in.weight.device  # low_memory moves the other networks; the VAE stays
+    if low_memory:
+        model.place("encode", home)
     cond = encode_image_context(model, start, prompt, negative_prompt)
     latent_start = model.encode_latents(start, generator=generator)
     latent_end = model.encode_latents(end, generator=generator) if end is not None else None
     concat = visual_detail_guidance(latent_start, frames, latent_end)
+    if low_memory:
+        model.place("sample", home)
     latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=cfg, eta=eta,
                      guidance_rescale=guidance_rescale, spacing=spacing, fs=fs, generator=generator,
-                     image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback)
+                     image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback,
+                     batch_branches=not low_memory)
     if mode == "loop":
         latents = latents[:, :, :-1]  # the last frame repeats the first
     return frames_to_images(model.decode_latents(latents))

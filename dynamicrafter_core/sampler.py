@@ -76,16 +76,25 @@ def ddim_timesteps(steps: int, spacing: str = "uniform_trailing", num_timesteps:
 
     uniform:          arange(0, T, T // S) + 1        e.g. S=50: [1, 21, ..., 981]
     uniform_trailing: round(arange(T, 0, -T / S)) - 1  e.g. S=50: [19, 39, ..., 999] (starts at pure noise)
-    """
+
+    As in the original, `uniform` visits more than S timesteps when S does not divide T (S=30: 31), and for some S
+    (3, 9, 27, 37, ...) it would step past the last timestep; those are refused with a step count that works."""
     check_steps(steps, num_timesteps)
     if spacing == "uniform":
-        c = num_timesteps // steps
-        ts = np.arange(0, num_timesteps, c) + 1
+        ts = _uniform(steps, num_timesteps)
+        if ts[-1] >= num_timesteps:
+            ok = next(s for s in range(steps + 1, num_timesteps + 1) if _uniform(s, num_timesteps)[-1] < num_timesteps)
+            raise InputError(f"{steps} steps with spacing uniform would visit timestep {ts[-1]}, past the model's "
+                             f"last ({num_timesteps - 1}); use {ok} steps, or spacing uniform_trailing")
     elif spacing == "uniform_trailing":
         ts = np.flip(np.round(np.arange(num_timesteps, 0, -num_timesteps / steps))).astype(np.int64) - 1
     else:
         raise InputError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
     return torch.from_numpy(np.ascontiguousarray(ts)).long()
+
+
+def _uniform(steps: int, num_timesteps: int) -> np.ndarray:
+    return np.arange(0, num_timesteps, num_timesteps // steps) + 1
 
 
 def check_steps(steps, num_timesteps: int = 1000) -> None:
@@ -130,10 +139,12 @@ def guided_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.
     if three:
         contexts.append(text_uncond_context)
 
+    n = len(contexts)
+    stacked = torch.cat(contexts) if batch_branches else None  # once per run, not per step
+
     def denoise(x, t):
         if batch_branches:
-            n = len(contexts)
-            outs = model_fn(torch.cat([x] * n), t, torch.cat(contexts)).chunk(n)
+            outs = model_fn(torch.cat([x] * n), t, stacked).chunk(n)
         else:
             outs = [model_fn(x, t, c) for c in contexts]
         if three:

@@ -1,3 +1,19 @@
-"""ComfyUI nodes (filled in by the nodes work)."""
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""DynamiCrafter Animate's ComfyUI nodes. Node ids are prefixed and never renamed (saved workflows refer to them);
+display names may change."""
+from . import host
+from .context import EncodeImageContext
+from .guidance import VisualDetailGuidance
+from .loader import Loader, readme
+from .sampler import FrameInterpolate, I2VSampler
+
+NODES = {
+    "DynamiCrafterAnimate_Loader": (Loader, "Load DynamiCrafter"),
+    "DynamiCrafterAnimate_EncodeImageContext": (EncodeImageContext, "Encode Image Context"),
+    "DynamiCrafterAnimate_VisualDetailGuidance": (VisualDetailGuidance, "Visual Detail Guidance"),
+    "DynamiCrafterAnimate_I2VSampler": (I2VSampler, "I2V Sampler"),
+    "DynamiCrafterAnimate_FrameInterpolate": (FrameInterpolate, "Frame Interpolate"),
+}
+NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}
+
+host.register_model_folder(readme())

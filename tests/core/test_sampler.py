@@ -122,3 +122,9 @@ def test_stochastic_sampling_uses_the_given_step_noise():
     torch.testing.assert_close(run(1.0, 1.0), run(1.0, 1.0))
     assert not torch.allclose(run(1.0, 1.0), run(1.0, 2.0))
     torch.testing.assert_close(run(0.0, 1.0), run(0.0, 2.0))  # eta 0: the noise has no effect
+
+
+def test_uniform_spacing_quirks_of_the_original():
+    assert len(dc.ddim_timesteps(30, "uniform")) == 31  # 1000 // 30 = 33 apart: 31 visits, as the original
+    with pytest.raises(dc.InputError, match="use 4 steps"):  # 1000 // 3 = 333 apart would reach timestep 1000
+        dc.ddim_timesteps(3, "uniform")

@@ -1,0 +1,446 @@
+"""Speed and memory of DynamiCrafter on this machine.
+
+  python -m dynamicrafter_core.bench --variant 512 --device cuda --dtype bf16 --steps 50
+        the whole image-to-video pipeline at the released size (random weights unless --checkpoint), phase by phase
+  python -m dynamicrafter_core.bench --tiny --steps 2
+        the parity fixture's tiny-width model at its own size: a quick CPU run (the CI's smoke test); its weights
+        when the repository's tests/fixtures/tiny_v07 is there, else random weights of its shape
+  python -m dynamicrafter_core.bench --tiny --size 320x512 --frames 16 --unet-step --baseline
+        one guided UNet step (both guidance branches) of the tiny-width model at the 512 latent size, interleaved
+        with the straightforward implementation, and the largest difference between their outputs
+
+--baseline is the straightforward implementation: attention that materialises every score matrix (einsum and
+softmax, as the original), one UNet call per guidance branch, the feed-forward over all tokens at once, NCHW.
+Every number comes from this run, on the device the table names; FLOP/s are the UNet's multiply-adds x 2, counted on
+the meta device, over the sampling time. The table is followed by the same numbers as one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .attention import reference_attention
+from .config import (VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig)
+from .model import DynamiCrafter
+from .pipeline import encode_image_context, sample, visual_detail_guidance
+from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, UNet
+
+BENCH_VARIANTS = ("256", "512", "1024", "512_interp")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT = "a sailing boat drifting on a calm lake at sunset"
+SAME_TOLERANCE = 1e-4  # max |optimised - baseline| / std(baseline) that counts as the same output in float32
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_v07"
+
+
+def tiny_config() -> ModelConfig:
+    """The parity fixture's model (tests/fixtures/tiny_v07): every network a few channels wide."""
+    clip = ClipConfig(arch={
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 3}},
+        arch_name="custom")
+    return ModelConfig(
+        latent_size=(8, 8),
+        unet=UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_head_channels=16, context_dim=16),
+        vae=VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, resolution=64),
+        text_encoder=clip, image_encoder=clip,
+        query_transformer=QueryTransformerConfig(dim=32, depth=2, dim_head=16, heads=3, embedding_dim=32,
+                                                 output_dim=16, ff_mult=2, video_length=4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+
+
+def random_model(cfg: ModelConfig, variant: str, device: torch.device, dtype: torch.dtype,
+                 seed: int = 0) -> DynamiCrafter:
+    """The networks of `cfg` with random weights, allocated once on the device in `dtype` (no float32 detour).
+    Norms start as identity and other weights with std 0.5 / sqrt(fan-in), so activations stay finite."""
+    with torch.device("meta"):
+        model = DynamiCrafter(cfg).to(dtype)
+    model.variant, model.variant_source, model.source = variant, "bench", "random weights"
+    model.eval().requires_grad_(False)
+    if device.type == "meta":  # shapes only
+        return model
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            norm = isinstance(module, (nn.GroupNorm, nn.LayerNorm))
+            for name, p in module.named_parameters(recurse=False):
+                if norm:
+                    p.fill_(1.0 if name == "weight" else 0.0)
+                elif p.ndim >= 2:
+                    p.normal_(0.0, 0.5 * p[0].numel() ** -0.5, generator=generator)
+                else:
+                    p.zero_()
+    return model
+
+
+def build_model(args, device: torch.device, dtype: torch.dtype) -> DynamiCrafter:
+    from .checkpoint import load_model
+
+    if args.checkpoint is not None:
+        model = load_model(args.checkpoint, config=args.config, device=device, dtype=dtype)
+    elif args.tiny and (FIXTURE / "tiny_v07.safetensors").is_file():
+        model = load_model(FIXTURE / "tiny_v07.safetensors", config=FIXTURE / "tiny_v07.config.json", device=device,
+                           dtype=dtype)
+    elif args.tiny:
+        model = random_model(tiny_config(), "512", device, dtype, args.seed)
+    else:
+        model = random_model(VARIANT_CONFIGS[args.variant], args.variant, device, dtype, args.seed)
+    unet = model.unet
+    if args.fp8:
+        unet.store_fp8(dtype)
+    unet.channels_last = args.channels_last
+    if args.ff_tokens is not None:
+        unet.ff_tokens = args.ff_tokens
+    if args.compile:
+        unet.compile()
+    return model
+
+
+def unet_flops(cfg: UNetConfig, frames: int, latent_hw: tuple, context_tokens: int) -> int:
+    """FLOPs (2 x multiply-adds) of one UNet call on one video, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = latent_hw
+    with torch.device("meta"):
+        unet = UNet(cfg)
+        args = (torch.empty(1, cfg.in_channels, frames, h, w), torch.zeros(1, dtype=torch.long),
+                torch.empty(1, context_tokens, cfg.context_dim), torch.zeros(1, dtype=torch.long))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(*args)
+    return counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def straightforward(unet: UNet, enabled: bool = True):
+    """The UNet as the straightforward implementation runs it (the caller also gives each guidance branch its own
+    UNet call): einsum attention with full score matrices, the feed-forward over all tokens at once, NCHW."""
+    saved = unet.ff_tokens, unet.channels_last
+    if enabled:
+        unet.ff_tokens, unet.channels_last = 0, False
+    try:
+        with reference_attention(enabled):
+            yield
+    finally:
+        unet.ff_tokens, unet.channels_last = saved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Clocks and memory
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak-RSS count (VmHWM)
+
+
+def read_peak(device: torch.device) -> int:
+    """Bytes: the CUDA allocator's peak, or the process's peak resident memory (weights included) elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def memory_kind(device: torch.device) -> str:
+    return "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS (weights included)"
+
+
+@contextlib.contextmanager
+def measured(record: dict, name: str, device: torch.device):
+    """Seconds (after the device finished) and peak memory of the block, into record[name]."""
+    synchronize(device)
+    reset_peak(device)
+    start = time.perf_counter()
+    yield
+    synchronize(device)
+    record[name] = {"s": time.perf_counter() - start, "peak_bytes": read_peak(device)}
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {name}, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runs
+
+
+def test_image(height: int, width: int) -> torch.Tensor:
+    """A (1, 3, H, W) picture in [-1, 1]: a bright square on a colour gradient."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    image = torch.stack([x, y, x * y]) * 0.5
+    image[:, height // 3: height // 2, width // 3: width // 2] = 0.9
+    return image[None]
+
+
+def pipeline_run(model: DynamiCrafter, args, device: torch.device):
+    """One image-to-video run (interpolation for 512_interp), as `animate` does it, timed phase by phase.
+    Returns the video and {phase: {"s", "peak_bytes"}}."""
+    height, width = args.size
+    image = test_image(height, width)
+    generator = torch.Generator().manual_seed(args.seed)
+    record = {}
+    with measured(record, "encoders", device):
+        if args.low_memory:
+            model.place("encode", device)
+        cond = encode_image_context(model, image, PROMPT)
+        latent = model.encode_latents(image, generator=generator)
+        end = model.encode_latents(-image, generator=generator) if model.supports_interpolation else None
+        concat = visual_detail_guidance(latent, args.frames, end)
+    with measured(record, "sampling", device):
+        if args.low_memory:
+            model.place("sample", device)
+        with straightforward(model.unet, args.baseline):
+            latents = sample(model, cond.context, cond.uncond_context, concat, steps=args.steps, cfg=args.cfg,
+                             generator=generator, batch_branches=not (args.baseline or args.low_memory))
+    with measured(record, "vae_decode", device):
+        video = model.decode_latents(latents, chunk=args.decode_chunk)
+    phases = list(record.values())  # back to back, so together they are the whole run
+    record["end_to_end"] = {"s": sum(r["s"] for r in phases), "peak_bytes": max(r["peak_bytes"] for r in phases)}
+    record["unet_step"] = {"s": record["sampling"]["s"] / args.steps, "peak_bytes": record["sampling"]["peak_bytes"]}
+    return video, record
+
+
+def unet_step_runs(model: DynamiCrafter, args, device: torch.device):
+    """Closures for one DDIM step (one guided UNet evaluation) at the requested size: the optimised path, and with
+    --baseline the straightforward one, on the same inputs (eta 0, so the outputs are comparable)."""
+    (h, w), frames = (args.size[0] // 8, args.size[1] // 8), args.frames
+    generator = torch.Generator().manual_seed(args.seed)
+    width = model.config.unet.context_dim
+    context, uncond = (torch.randn(1, TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * frames, width, generator=generator)
+                       for _ in range(2))
+    concat, x_T = (torch.randn(1, 4, frames, h, w, generator=generator) for _ in range(2))
+
+    def step(baseline: bool):
+        def run():
+            record = {}
+            with measured(record, "unet_step", device), straightforward(model.unet, baseline):
+                latents = sample(model, context, uncond, concat, steps=1, cfg=args.cfg, eta=0.0, x_T=x_T,
+                                 batch_branches=not baseline)
+            return latents, record
+        return run
+
+    runs = {"optimised": step(False)}
+    if args.baseline:
+        runs["baseline"] = step(True)
+    return runs
+
+
+def timed_repeats(runs: dict, args):
+    """Warm-up rounds, then `repeats` rounds in which every run goes once (interleaved, so a busy machine slows all
+    alike). Returns {name: [record per repeat]} and each run's last output."""
+    records, outputs = {name: [] for name in runs}, {}
+    for i in range(args.warmup + args.repeats):
+        for name, run in runs.items():
+            outputs[name], record = run()
+            if i >= args.warmup:
+                records[name].append(record)
+    return records, outputs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def summary(records: list) -> dict:
+    """Per phase: median, min and max seconds over the repeats, and the largest peak memory."""
+    out = {}
+    for phase in records[0]:
+        seconds = [r[phase]["s"] for r in records]
+        out[phase] = {"median_s": statistics.median(seconds), "min_s": min(seconds), "max_s": max(seconds),
+                      "peak_bytes": max(r[phase]["peak_bytes"] for r in records)}
+    return out
+
+
+def gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def print_table(result: dict) -> None:
+    s = result["settings"]
+    flags = "".join(f", {k}" for k in ("fp8_weights", "channels_last", "compile", "low_memory", "baseline") if s[k])
+    print(f"DynamiCrafter bench: {result['model']} ({result['weights']}) on {result['device']}")
+    print(f"  {result['mode']}: {s['size'][0]}x{s['size'][1]}, {s['frames']} frames, {s['steps']} steps, "
+          f"cfg {s['cfg']}, {s['dtype']}{flags}, {s['repeats']} repeats after {s['warmup']} warm-up")
+    print(f"  UNet FLOP per video per step: {result['flop_per_sample_step'] / 1e12:.3f} T "
+          f"(x{result['branches']} guidance branches)")
+    for name, phases in result["runs"].items():
+        print(f"\n  [{name}]  {'phase':<12} {'median s':>10} {'min s':>10} {'max s':>10} {'peak memory':>14}")
+        for phase, s in phases.items():
+            print(f"  {'':<{len(name) + 2}}  {phase:<12} {s['median_s']:>10.3f} {s['min_s']:>10.3f} "
+                  f"{s['max_s']:>10.3f} {gib(s['peak_bytes']):>14}")
+        print(f"  achieved: {result['tflops'][name]:.3f} TFLOP/s in the UNet (median step)")
+    print(f"\n  memory: {result['memory_kind']}")
+    if "comparison" in result:
+        c = result["comparison"]
+        print(f"  speed-up over the straightforward implementation (median step): {c['speedup_median']:.2f}x "
+              f"(best of each: {c['speedup_min']:.2f}x)")
+        print(f"  outputs: max |optimised - baseline| = {c['max_abs_diff']:.3e} "
+              f"({c['relative_diff']:.2e} of the output's std; same within {SAME_TOLERANCE:g}: {c['same']})")
+
+
+def settings(args, dtype: torch.dtype) -> dict:
+    return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size),
+            "dtype": str(dtype).replace("torch.", ""), "fp8_weights": args.fp8, "channels_last": args.channels_last,
+            "ff_tokens": args.ff_tokens, "compile": args.compile, "low_memory": args.low_memory,
+            "decode_chunk": args.decode_chunk, "repeats": args.repeats, "warmup": args.warmup,
+            "baseline": args.baseline, "torch": torch.__version__}
+
+
+def compare(records: dict, outputs: dict) -> dict:
+    fast = statistics.median(r["unet_step"]["s"] for r in records["optimised"])
+    slow = statistics.median(r["unet_step"]["s"] for r in records["baseline"])
+    best = min(r["unet_step"]["s"] for r in records["baseline"]) / min(
+        r["unet_step"]["s"] for r in records["optimised"])
+    a, b = outputs["optimised"].float(), outputs["baseline"].float()
+    diff = (a - b).abs().max().item()
+    relative = diff / (b.std().item() + 1e-12)
+    return {"speedup_median": slow / fast, "speedup_min": best, "max_abs_diff": diff, "relative_diff": relative,
+            "same": relative <= SAME_TOLERANCE}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_size(text: str) -> tuple:
+    h, _, w = text.lower().partition("x")
+    try:
+        size = (int(h), int(w))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size takes HEIGHTxWIDTH in pixels, e.g. 320x512; got {text!r}")
+    if min(size) < 64 or size[0] % 64 or size[1] % 64:
+        raise argparse.ArgumentTypeError(f"height and width must be multiples of 64; got {text!r}")
+    return size
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dynamicrafter_core.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", choices=BENCH_VARIANTS, default="512", help="released model size (default 512)")
+    ap.add_argument("--tiny", action="store_true", help="the parity fixture's tiny-width model instead")
+    ap.add_argument("--checkpoint", type=Path, help="real weights (default: random, which time the same)")
+    ap.add_argument("--config", type=Path, help="the checkpoint's original yaml / json")
+    ap.add_argument("--device", default="auto", help="cuda, cpu, ... (default: cuda if available)")
+    ap.add_argument("--dtype", choices=(*DTYPES, "auto"), default="auto", help="auto: bf16 on CUDA, fp32 elsewhere")
+    ap.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    ap.add_argument("--frames", type=int, help="default 16 (--tiny at its own size: 4, as the fixture)")
+    ap.add_argument("--size", type=parse_size, help="HEIGHTxWIDTH in pixels (default: the model's)")
+    ap.add_argument("--cfg", type=float, default=7.5, help="guidance scale; 1 runs one branch (default 7.5)")
+    ap.add_argument("--unet-step", action="store_true", help="time single guided UNet steps, not the pipeline")
+    ap.add_argument("--baseline", action="store_true",
+                    help="the straightforward implementation (with --unet-step: as well, interleaved, compared)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats; medians are reported (default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    ap.add_argument("--fp8", action="store_true", help="UNet weights stored in float8, computed in --dtype")
+    ap.add_argument("--channels-last", action="store_true", help="run the UNet's hidden state NHWC")
+    ap.add_argument("--ff-tokens", type=int, help="tokens per feed-forward call (0: all at once; default by device)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
+    ap.add_argument("--low-memory", action="store_true",
+                    help="only the networks in use on the device, guidance branches one at a time")
+    ap.add_argument("--decode-chunk", type=int, default=1, help="frames per VAE decode call (default 1)")
+    ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the JSON result here")
+    return ap
+
+
+def resolve(args):
+    """Device, dtype and the defaults that depend on the model; refuses combinations that measure nothing."""
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda"
+                                                             else torch.float32)
+    cfg = tiny_config() if args.tiny else VARIANT_CONFIGS[args.variant]
+    if args.frames is None:
+        args.frames = 4 if args.tiny and args.size is None else 16  # the fixture's own run: 64x64, 4 frames
+    if args.size is None:
+        args.size = cfg.resolution
+    if args.unet_step:
+        args.steps = 1
+    problems = [msg for bad, msg in (
+        (args.steps < 1 or args.repeats < 1 or args.warmup < 0, "--steps and --repeats must be >= 1, --warmup >= 0"),
+        (args.frames < 2, "--frames must be at least 2"),
+        (args.compile and args.baseline, "--compile times the optimised path only; drop --baseline"),
+    ) if bad]
+    if problems:
+        parser().error("; ".join(problems))
+    return device, dtype
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = resolve(args)
+    model = build_model(args, device, dtype)
+    cfg = model.config
+    latent_hw = (args.size[0] // 8, args.size[1] // 8)
+    if args.unet_step:
+        context_tokens = TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * args.frames
+        runs = unet_step_runs(model, args, device)
+    else:
+        qt = cfg.query_transformer
+        context_tokens = TEXT_TOKENS + qt.num_queries * (qt.video_length or 1)
+        runs = {"baseline" if args.baseline else "optimised": lambda: pipeline_run(model, args, device)}
+    branches = 1 if args.cfg == 1 else 2
+    flops = unet_flops(cfg.unet, args.frames, latent_hw, context_tokens)
+    records, outputs = timed_repeats(runs, args)
+    result = {
+        "model": "tiny-width fixture model" if args.tiny else f"DynamiCrafter {model.variant}",
+        "weights": model.source, "device": describe_device(device), "memory_kind": memory_kind(device),
+        "mode": "unet_step" if args.unet_step else "pipeline", "settings": settings(args, dtype),
+        "flop_per_sample_step": flops, "branches": branches,
+        "runs": {name: summary(r) for name, r in records.items()},
+    }
+    result["tflops"] = {name: flops * branches / s["unet_step"]["median_s"] / 1e12
+                        for name, s in result["runs"].items()}
+    if args.unet_step and args.baseline:
+        result["comparison"] = compare(records, outputs)
+    return result
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    result = run(args)
+    print_table(result)
+    line = json.dumps(result)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""I2V Sampler and Frame Interpolate: DDIM over the 3D UNet, then the VAE decode, frame by frame.
+
+A seed reproduces dynamicrafter_core.pipeline.animate: one CPU generator draws the guidance latents' posterior noise
+(start, then end), then the initial noise, then each step's noise.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ..dynamicrafter_core.errors import InputError
+from ..dynamicrafter_core.pipeline import fit_image, frames_to_images, sample, visual_detail_guidance
+from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
+from . import host, memory
+from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
+from .guidance import SIZE_INPUTS, check_interpolation, posterior, video_size
+from .sockets import CONTEXT, GUIDANCE, MODEL, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
+
+SEED_RANGE = 2 ** 64
+
+SAMPLING_INPUTS = {
+    "seed": ("INT", {"default": 0, "min": 0, "max": SEED_RANGE - 1, "control_after_generate": True,
+                     "tooltip": "The noise. The same seed and settings give the same video, on any device."}),
+    "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                      "tooltip": "DDIM steps; the original uses 50. Fewer are faster and blurrier."}),
+    "cfg": ("FLOAT", {"default": 7.5, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "How strongly the prompt and image steer the video (classifier-free guidance); "
+                                 "the original uses 7.5. 1 skips the unconditional pass (twice as fast, weaker)."}),
+    "image_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                            "tooltip": "0: off. Otherwise the original's multi-condition guidance: this scale "
+                                       "steers toward the image, cfg toward the prompt (a third pass per step). "
+                                       "Try 1.0-3.0 when the video ignores the prompt or drifts from the image."}),
+    "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                      "tooltip": "DDIM noise: 1 as the original (stochastic), 0 deterministic."}),
+    "fs": ("INT", {"default": 0, "min": 0, "max": 1000,
+                   "tooltip": "Motion: the frame rate the model is told (512: ~15-30, 1024: ~5-15, 512_interp: "
+                              "~5-30; smaller = more motion) or, for the 256 model, the frame stride (larger = more "
+                              "motion). 0: the checkpoint's default (512: 24, 1024: 10, 256: 3, 512_interp: 5)."}),
+    "guidance_rescale": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05,
+                                   "tooltip": "Rescales the guided prediction's spread toward the conditional one, "
+                                              "against over-saturation. -1: the checkpoint's default (0.7; 0 for "
+                                              "the 256 model)."}),
+    "spacing": (["auto", *SPACINGS], {"default": "auto",
+                                      "tooltip": "Which timesteps DDIM visits. auto: the checkpoint's "
+                                                 "(uniform_trailing, which starts from pure noise; uniform for 256)."}),
+}
+HIDDEN = {"unique_id": "UNIQUE_ID"}
+OUTPUTS = ("IMAGE", "LATENT")
+OUTPUT_TOOLTIPS = ("The video frames (one image per frame, 0..1), for Save Animated WEBP, Create Video, upscalers, "
+                   "Video Combine.",
+                   "The frames' latents (SD VAE space, one latent per frame, as SVD's), for VAE Decode or latent "
+                   "upscaling.")
+
+
+def settings(model: DynamiCrafterModel, steps: int, cfg: float, image_cfg: float, eta: float, fs: int,
+             guidance_rescale: float, spacing: str) -> dict:
+    """Widget values -> pipeline.sample keywords, the 0 / -1 / auto values resolved to the variant's defaults."""
+    d = model.core.defaults
+    options = {"steps": steps, "cfg": cfg, "eta": eta, "fs": fs or d.fs,
+               "guidance_rescale": d.guidance_rescale if guidance_rescale < 0 else guidance_rescale,
+               "spacing": d.spacing if spacing == "auto" else spacing, "image_cfg": image_cfg or None}
+    timesteps(model, options)  # refuses, before any work, a uniform step count that would overrun the schedule
+    return options
+
+
+def timesteps(model: DynamiCrafterModel, options: dict) -> torch.Tensor:
+    """The timesteps DDIM visits: with uniform spacing not always `steps` of them (1000 // steps is the stride)."""
+    return ddim_timesteps(options["steps"], options["spacing"], model.core.schedule.num_timesteps)
+
+
+def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tuple, options: dict) -> None:
+    branches = 1 if options["cfg"] == 1 else 3 if options["image_cfg"] else 2
+    unet = model.core.unet
+    host.load(model.patchers_for("unet"),
+              memory.unet(videos, branches, frames, latent_hw, unet.cfg.model_channels, unet.dtype.itemsize))
+
+
+def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple, end: Optional[tuple], frames: int,
+                 seed: int, options: dict, on_step: Callable[[int, torch.Tensor], None]) -> torch.Tensor:
+    """Latents (B, 4, T, h, w) of one video per context image; the UNet must be loaded."""
+    cond = context.conditioning
+    generator = torch.Generator().manual_seed(seed % SEED_RANGE)
+    latent_start = model.core.sample_latents(start, generator=generator)
+    latent_end = model.core.sample_latents(end, generator=generator) if end is not None else None
+    concat = visual_detail_guidance(latent_start, frames, latent_end)
+
+    def callback(step: dict) -> None:
+        host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo
+        on_step(step["i"], step["denoised"])
+
+    # the UNet's load device: a partial (lowvram) load may leave its first layer, which model.device reads, offloaded
+    return sample(model.core, cond.context, cond.uncond_context, concat, text_uncond_context=cond.text_uncond_context,
+                  generator=generator, callback=callback, device=model.patchers["unet"].load_device, **options).cpu()
+
+
+def decode(model: DynamiCrafterModel, latents: torch.Tensor) -> torch.Tensor:
+    """(B, 4, T, h, w) -> IMAGE (B*T, H, W, 3), one frame at a time, checking for Cancel between frames."""
+    vae = model.core.vae
+    h, w = latents.shape[-2:]
+    host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize), full=True)
+    frames = []
+    for t in range(latents.shape[2]):
+        frames.append(model.core.decode_latents(latents[:, :, t:t + 1]).cpu())
+        host.check_interrupt()
+    return frames_to_images(torch.cat(frames, dim=2))
+
+
+def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:
+    """ComfyUI LATENT: unscaled SD-VAE latents, frames in the batch dimension (B*T, 4, h, w)."""
+    samples = (latents / model.core.config.scale_factor).transpose(1, 2).flatten(0, 1)
+    return {"samples": samples.contiguous()}
+
+
+class I2VSampler:
+    DESCRIPTION = ("Generates the video: DDIM sampling of DynamiCrafter with classifier-free guidance, then the VAE "
+                   "decode. Shows a preview of the first frame at each step when ComfyUI runs with a preview method.")
+    CATEGORY = "sampling/video_models"
+    FUNCTION = "generate"
+    RETURN_TYPES = OUTPUTS
+    RETURN_NAMES = ("frames", "latent")
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From Load DynamiCrafter."}),
+                "context": (CONTEXT, {"tooltip": "From Encode Image Context."}),
+                "guidance": (GUIDANCE, {"tooltip": "From Visual Detail Guidance."}),
+                **SAMPLING_INPUTS,
+            },
+            "hidden": HIDDEN,
+        }
+
+    def generate(self, model, context, guidance, seed: int, steps: int, cfg: float, image_cfg: float, eta: float,
+                 fs: int, guidance_rescale: float, spacing: str, unique_id: Optional[str] = None):
+        model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
+        context = expect(context, ImageContext, "context", "Encode Image Context")
+        guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
+        if guidance.mode != "i2v":
+            check_interpolation(model, f"guidance mode {guidance.mode}")
+        mean = guidance.start[0]
+        if context.conditioning.context.shape[0] != mean.shape[0]:
+            raise InputError(f"the context holds {context.conditioning.context.shape[0]} image(s) but the guidance "
+                             f"{mean.shape[0]}; give Encode Image Context and Visual Detail Guidance the same images")
+        options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
+        load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options)
+        report = host.progress(len(timesteps(model, options)), unique_id, model.patchers["unet"].load_device)
+        latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
+                               lambda i, denoised: report(i + 1, denoised))
+        if guidance.mode == "loop":
+            latents = latents[:, :, :-1]  # the last frame repeats the first
+        return (decode(model, latents), latent_output(model, latents))
+
+
+class FrameInterpolate:
+    DESCRIPTION = ("One video through a batch of keyframes: a segment of `frames` frames from each keyframe to the "
+                   "next (boundary keyframes appear once), optionally back to the first. Segment k uses seed + k. "
+                   "Needs dynamicrafter_512_interp_v1.ckpt.")
+    CATEGORY = "sampling/video_models"
+    FUNCTION = "interpolate"
+    RETURN_TYPES = OUTPUTS
+    RETURN_NAMES = ("frames", "latent")
+    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From Load DynamiCrafter, an interpolation checkpoint."}),
+                "keyframes": ("IMAGE", {"tooltip": "Two or more keyframes as one batch, in order (e.g. from Batch "
+                                                   "Images); one is enough with loop."}),
+                **PROMPT_INPUTS,
+                "loop": ("BOOLEAN", {"default": False,
+                                     "tooltip": "Add a segment from the last keyframe back to the first, so the "
+                                                "video repeats seamlessly."}),
+                **SIZE_INPUTS,
+                "frames": ("INT", {"default": 16, "min": 2, "max": 64,
+                                   "tooltip": "Frames per segment, keyframes included; the model was trained on "
+                                              "16."}),
+                **SAMPLING_INPUTS,
+            },
+            "optional": ENCODER_INPUTS,
+            "hidden": HIDDEN,
+        }
+
+    def interpolate(self, model, keyframes, prompt: str, negative_prompt: str, loop: bool, width: int, height: int,
+                    fit: str, frames: int, seed: int, steps: int, cfg: float, image_cfg: float, eta: float, fs: int,
+                    guidance_rescale: float, spacing: str, clip=None, clip_vision=None,
+                    unique_id: Optional[str] = None):
+        model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
+        check_interpolation(model, "Frame Interpolate")
+        keys = image_to_core(keyframes, "keyframes")
+        if keys.shape[0] < 2 and not loop:
+            raise InputError(f"`keyframes` holds {keys.shape[0]} image; interpolation needs at least 2 (batch them "
+                             "with Batch Images), or turn on loop to animate one image back to itself")
+        height, width = video_size(model, width, height)
+        keys = [fit_image(keys[i:i + 1], height, width, fit) for i in range(keys.shape[0])]
+        pairs = [(i, i + 1) for i in range(len(keys) - 1)] + ([(len(keys) - 1, 0)] if loop else [])
+        contexts = [ImageContext(image_context(model, keys[i], prompt, negative_prompt, clip, clip_vision))
+                    for i, _ in pairs]
+        posteriors = [posterior(model, key) for key in keys]
+        options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
+        load_unet(model, 1, frames, posteriors[0][0].shape[-2:], options)
+        visits = len(timesteps(model, options))
+        report = host.progress(visits * len(pairs), unique_id, model.patchers["unet"].load_device)
+        segments = []
+        for k, (i, j) in enumerate(pairs):
+            latents = sample_video(model, contexts[k], posteriors[i], posteriors[j], frames, seed + k, options,
+                                   lambda step, denoised: report(k * visits + step + 1, denoised))
+            if k > 0:
+                latents = latents[:, :, 1:]  # its first frame is the previous segment's last keyframe
+            if loop and k == len(pairs) - 1:
+                latents = latents[:, :, :-1]  # its last frame is the first keyframe
+            segments.append(latents)
+        latents = torch.cat(segments, dim=2)
+        return (decode(model, latents), latent_output(model, latents))

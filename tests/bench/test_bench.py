@@ -1,0 +1,58 @@
+"""The benchmark runs end to end (the CI's smoke run: nothing about speed is asserted), counts the FLOPs the issue
+quotes, and its baseline computes what the optimised path computes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamicrafter_core import bench
+from dynamicrafter_core.config import VARIANT_CONFIGS, from_original
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_tiny_pipeline_bench_prints_a_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamicrafter_core.bench", "--tiny", "--device", "cpu", "--steps", "2",
+         "--repeats", "1", "--warmup", "0", "--json", str(out)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "encoders" in result.stdout and "vae_decode" in result.stdout
+    record = json.loads(lines[-1])
+    assert record == json.loads(out.read_text())
+    assert record["device"].startswith("CPU") and record["mode"] == "pipeline"
+    phases = record["runs"]["optimised"]
+    assert set(phases) == {"encoders", "sampling", "vae_decode", "end_to_end", "unet_step"}
+    assert all(p["median_s"] > 0 and p["peak_bytes"] > 0 for p in phases.values())
+    assert record["flop_per_sample_step"] > 0 and record["tflops"]["optimised"] > 0
+
+
+def test_unet_step_baseline_gives_the_same_output():
+    args = bench.parser().parse_args(["--tiny", "--device", "cpu", "--unet-step", "--baseline", "--size", "64x128",
+                                      "--frames", "4", "--repeats", "1", "--warmup", "0"])
+    result = bench.run(args)
+    assert set(result["runs"]) == {"optimised", "baseline"}
+    assert result["comparison"]["same"], result["comparison"]
+
+
+def test_tiny_config_is_the_parity_fixture(tiny_config):
+    assert bench.tiny_config() == from_original(tiny_config)
+
+
+@pytest.mark.parametrize("variant,latent,tflop", [("256", (32, 32), 4.9), ("512", (40, 64), 12.6),
+                                                   ("1024", (72, 128), 52.3)])
+def test_flop_count_is_the_issue_s(variant, latent, tflop):
+    flops = bench.unet_flops(VARIANT_CONFIGS[variant].unet, 16, latent, 77 + 16 * 16)
+    assert round(flops / 1e12, 1) == tflop
+
+
+def test_random_real_size_model_builds_on_meta():
+    model = bench.random_model(VARIANT_CONFIGS["256"], "256", torch.device("meta"), torch.bfloat16)
+    assert model.variant == "256" and model.unet.dtype == torch.bfloat16
+    assert sum(p.numel() for p in model.unet.parameters()) == 1_438_854_996

@@ -1,0 +1,131 @@
+"""Every speed / memory option computes what the plain path computes (fp32 rounding aside), and the fp8 and bf16
+paths compute what they should."""
+import copy
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+import dynamicrafter_core as dc
+from dynamicrafter_core.attention import attention, reference_attention
+from dynamicrafter_core.config import UNetConfig
+from dynamicrafter_core.pipeline import animate
+from dynamicrafter_core.unet import FP8, ResBlock, SpatialTransformer, UNet, ff_token_limit
+from tests.conftest import CHECKPOINT
+
+SAME = 1e-4  # max |a - b| / std(b) in float32
+
+
+@pytest.fixture(scope="module")
+def model(tiny_config):
+    return dc.load_model(CHECKPOINT, config=tiny_config)
+
+
+@pytest.fixture(scope="module")
+def unet_inputs():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 8, 4, 16, 24, generator=g), torch.tensor([999, 500]),
+            torch.randn(2, 77 + 64, 16, generator=g), torch.tensor([24, 8]))
+
+
+def relative(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().std()).item()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_attention_is_sdpa(causal):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 37, 4 * 8, generator=g) for _ in range(3))
+    fast = attention(q, k, v, heads=4, is_causal=causal)
+    with reference_attention():
+        slow = attention(q, k, v, heads=4, is_causal=causal)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ff_tokens", [0, 1, 100, None])
+def test_layout_and_token_slices_keep_the_output(model, unet_inputs, channels_last, ff_tokens):
+    unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        unet.channels_last, unet.ff_tokens = False, 0
+        plain = unet(*unet_inputs)
+        unet.channels_last, unet.ff_tokens = channels_last, ff_tokens
+        assert relative(unet(*unet_inputs), plain) <= SAME
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blocks_keep_the_memory_format(model, channels_last):
+    """The transformers hand back the layout they were given (no silent NCHW <-> NHWC round trips)."""
+    block = model.unet.input_blocks[1]  # ResBlock, SpatialTransformer, TemporalTransformer
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(8, 32, 16, 24).contiguous(memory_format=fmt)
+    emb, context = torch.randn(8, 128), torch.randn(8, 93, 16)
+    with torch.no_grad():
+        for layer in block:
+            x = layer(x, emb, 2) if isinstance(layer, ResBlock) else (
+                layer(x, context) if isinstance(layer, SpatialTransformer) else layer(x, 2))
+            assert x.is_contiguous(memory_format=fmt), type(layer).__name__
+
+
+def test_gpu_slices_bound_the_feed_forward():
+    tokens = torch.empty(81920, 16, 320, dtype=torch.bfloat16, device="meta")  # not a CPU: the GPU rule
+    limit = ff_token_limit(None, tokens)
+    assert 16 * 320 * 2 * limit <= 512 << 20 < 16 * 320 * 2 * (limit + 1)
+    assert ff_token_limit(0, tokens) == 0
+
+
+def test_fp8_storage_is_its_bf16_twin(model, unet_inputs):
+    stored = copy.deepcopy(model.unet).store_fp8(torch.bfloat16)
+    assert list(stored.state_dict()) == list(model.unet.state_dict())  # the released key names
+    assert stored.input_blocks[1][0].in_layers[2].weight.dtype == FP8
+    assert stored.input_blocks[1][0].in_layers[0].weight.dtype == torch.bfloat16
+    twin = copy.deepcopy(model.unet).to(torch.bfloat16)
+    for fp8, bf16 in zip(stored.modules(), twin.modules()):
+        if hasattr(fp8, "weight_scale"):
+            bf16.weight.data = fp8.weight.to(torch.bfloat16) * fp8.weight_scale.to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(stored(*unet_inputs), twin(*unet_inputs), rtol=0, atol=0)
+
+
+def test_fp8_storage_refuses_host_layers():
+    class HostLinear(nn.Linear):
+        pass
+
+    ops = types.SimpleNamespace(Linear=HostLinear, Conv1d=nn.Conv1d, Conv2d=nn.Conv2d, Conv3d=nn.Conv3d,
+                                GroupNorm=nn.GroupNorm, LayerNorm=nn.LayerNorm)
+    cfg = UNetConfig(model_channels=32, channel_mult=(1,), attention_resolutions=(1,), num_head_channels=16,
+                     context_dim=4, num_res_blocks=1)
+    with pytest.raises(TypeError, match="HostLinear"):
+        UNet(cfg, ops=ops).store_fp8()
+
+
+def test_bf16_weights_run_with_float32_group_norms(model, unet_inputs):
+    unet = copy.deepcopy(model.unet).to(torch.bfloat16)
+    with torch.no_grad():
+        out, want = unet(*unet_inputs), model.unet(*unet_inputs)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert ((out - want).abs().mean() / want.abs().mean()).item() < 0.1
+
+
+def test_low_memory_mode_makes_the_same_video(model, image):
+    fast = animate(model, image, "a red square", frames=4, steps=2, seed=3)
+    lean = animate(model, image, "a red square", frames=4, steps=2, seed=3, low_memory=True)
+    torch.testing.assert_close(lean, fast, rtol=0, atol=1e-4)  # batched vs separate guidance branches: rounding
+
+
+def test_placing_the_encoding_stage_moves_the_towers_not_the_unet(tiny_config):
+    model = dc.load_model(CHECKPOINT, config=tiny_config)
+    model.place("encode", "meta")
+    assert model.text_encoder.token_embedding.weight.is_meta and model.query_transformer.proj_in.weight.is_meta
+    assert model.unet.input_blocks[0][0].weight.device.type == "cpu"
+    assert model.vae.encoder.conv_in.weight.device.type == "cpu"
+
+
+def test_compiled_unet_is_the_plain_unet(model, unet_inputs):
+    """Dynamo traces the UNet as written (the eager backend keeps the kernels, so the result is exact)."""
+    unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        plain = unet(*unet_inputs)
+        unet.compile(backend="eager")
+        torch.testing.assert_close(unet(*unet_inputs), plain, rtol=0, atol=0)
