@@ -76,6 +76,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _middle(channels: int, ops) -> nn.Module:
+    """The bottleneck: ResnetBlock, self-attention, ResnetBlock (keys mid.block_1, mid.attn_1, mid.block_2)."""
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(channels, channels, ops=ops)
+    mid.attn_1 = AttnBlock(channels, ops=ops)
+    mid.block_2 = ResnetBlock(channels, channels, ops=ops)
+    return mid
+
+
 def _level(blocks, attn=None):
     level = nn.Module()
     level.block = nn.ModuleList(blocks)
@@ -102,10 +111,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample(block_in, ops=ops)
                 res //= 2
             self.down.append(level)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, ops=ops)
-        self.mid.attn_1 = AttnBlock(block_in, ops=ops)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, ops=ops)
+        self.mid = _middle(block_in, ops)
         self.norm_out = _norm(ops, block_in)
         self.conv_out = ops.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
 
@@ -129,10 +135,7 @@ class Decoder(nn.Module):
         block_in = ch * mult[-1]
         res = cfg.resolution // 2 ** (len(mult) - 1)
         self.conv_in = ops.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, ops=ops)
-        self.mid.attn_1 = AttnBlock(block_in, ops=ops)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, ops=ops)
+        self.mid = _middle(block_in, ops)
         levels = []
         for i in reversed(range(len(mult))):
             blocks, attns = [], []

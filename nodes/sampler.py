@@ -46,13 +46,6 @@ SAMPLING_INPUTS = {
                                                  "(uniform_trailing, which starts from pure noise; uniform for 256)."}),
 }
 HIDDEN = {"unique_id": "UNIQUE_ID"}
-OUTPUTS = ("IMAGE", "LATENT")
-OUTPUT_TOOLTIPS = ("The video frames (one image per frame, 0..1), for Save Animated WEBP, Create Video, upscalers, "
-                   "Video Combine.",
-                   "The frames' latents (SD VAE space, one latent per frame, as SVD's), for VAE Decode or latent "
-                   "upscaling.")
-
-
 def settings(model: DynamiCrafterModel, steps: int, cfg: float, image_cfg: float, eta: float, fs: int,
              guidance_rescale: float, spacing: str) -> dict:
     """Widget values -> pipeline.sample keywords, the 0 / -1 / auto values resolved to the variant's defaults."""
@@ -112,14 +105,21 @@ def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:
     return {"samples": samples.contiguous()}
 
 
-class I2VSampler:
+class _VideoSampler:
+    """What both samplers output."""
+    CATEGORY = "sampling/video_models"
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("frames", "latent")
+    OUTPUT_TOOLTIPS = ("The video frames (one image per frame, 0..1), for Save Animated WEBP, Create Video, "
+                       "upscalers, Video Combine.",
+                       "The frames' latents (SD VAE space, one latent per frame, as SVD's), for VAE Decode or latent "
+                       "upscaling.")
+
+
+class I2VSampler(_VideoSampler):
     DESCRIPTION = ("Generates the video: DDIM sampling of DynamiCrafter with classifier-free guidance, then the VAE "
                    "decode. Shows a preview of the first frame at each step when ComfyUI runs with a preview method.")
-    CATEGORY = "sampling/video_models"
     FUNCTION = "generate"
-    RETURN_TYPES = OUTPUTS
-    RETURN_NAMES = ("frames", "latent")
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -154,15 +154,11 @@ class I2VSampler:
         return (decode(model, latents), latent_output(model, latents))
 
 
-class FrameInterpolate:
+class FrameInterpolate(_VideoSampler):
     DESCRIPTION = ("One video through a batch of keyframes: a segment of `frames` frames from each keyframe to the "
                    "next (boundary keyframes appear once), optionally back to the first. Segment k uses seed + k. "
                    "Needs dynamicrafter_512_interp_v1.ckpt.")
-    CATEGORY = "sampling/video_models"
     FUNCTION = "interpolate"
-    RETURN_TYPES = OUTPUTS
-    RETURN_NAMES = ("frames", "latent")
-    OUTPUT_TOOLTIPS = OUTPUT_TOOLTIPS
 
     @classmethod
     def INPUT_TYPES(cls):
