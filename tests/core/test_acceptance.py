@@ -1,25 +1,31 @@
-"""The project's acceptance checks (copies of ../shared/tools, unmodified) on the copied fixture and manifests."""
-import os
-import subprocess
+"""The project's acceptance checks (copies of ../shared/tools, unmodified) on the copied fixture and manifests, run
+as scripts (in this process, to spare an interpreter start each)."""
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).parents[1]
-ROOT = TESTS.parent
 
 
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(TESTS / "acceptance" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+def run_script(script: str, *args: str, capsys) -> tuple[int, str]:
+    argv = sys.argv
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(str(TESTS / "acceptance" / script), run_name="__main__")
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    return status, capsys.readouterr().out
 
 
-def test_parity_with_the_original_implementation():
-    result = _run("parity_check.py", str(TESTS / "fixtures" / "tiny_v07"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "parity tiny_v07: all checks within tolerance"
+def test_parity_with_the_original_implementation(capsys):
+    status, out = run_script("parity_check.py", str(TESTS / "fixtures" / "tiny_v07"), capsys=capsys)
+    assert status == 0, out
+    assert out.strip().splitlines()[-1] == "parity tiny_v07: all checks within tolerance"
 
 
 @pytest.mark.parametrize("manifest,variant", [
@@ -28,7 +34,8 @@ def test_parity_with_the_original_implementation():
     ("dynamicrafter_1024.tsv", None),
     ("tooncrafter_512.tsv", "tooncrafter"),
 ])
-def test_released_layout_loads(manifest, variant):
-    result = _run("layout_check.py", str(TESTS / "data" / "keys" / manifest), *([variant] if variant else []))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().splitlines()[-1].endswith("all checks hold")
+def test_released_layout_loads(manifest, variant, capsys):
+    status, out = run_script("layout_check.py", str(TESTS / "data" / "keys" / manifest),
+                             *([variant] if variant else []), capsys=capsys)
+    assert status == 0, out
+    assert out.strip().splitlines()[-1].endswith("all checks hold")

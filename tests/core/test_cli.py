@@ -1,6 +1,5 @@
 """The command line on the fixture checkpoint: a playable video with the requested frames, reproducible by seed,
 and clear errors (exit status 2, one line, no traceback) for bad input."""
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dynamicrafter_core.__main__ import main
 from dynamicrafter_core.video_io import read_video
 
 from ..conftest import CHECKPOINT, CONFIG_FILE, TESTS
@@ -55,37 +55,46 @@ def test_png_frames_and_gif_outputs(tmp_path, photo):
     assert read_video(gif).shape[0] == 4  # the loop's last frame repeats the first and is dropped
 
 
+def in_process(capsys, *args):
+    """main() as `python -m dynamicrafter_core` runs it: (exit status, stderr)."""
+    status = main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (("animate", "no_such.png"), "does not exist"),
     (("animate", "{photo}", "--width", "500"), "multiple of 64"),
     (("animate", "{photo}", "--steps", "0"), "steps"),
     (("animate", "{photo}", "--eta", "-1"), "eta"),
 ])
-def test_bad_input_gets_one_clear_line(args, message, photo, tmp_path):
+def test_bad_input_gets_one_clear_line(args, message, photo, tmp_path, capsys):
     args = [a.format(photo=photo) for a in args]
-    result = cli(*args, "--checkpoint", CHECKPOINT, "--config", CONFIG_FILE, "-o", tmp_path / "x.mp4")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr.strip().splitlines()[-1]
+    status, err = in_process(capsys, *args, "--checkpoint", CHECKPOINT, "--config", CONFIG_FILE,
+                             "-o", tmp_path / "x.mp4")
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err.strip().splitlines()[-1]
 
 
-def test_unknown_spacing_is_rejected_with_the_choices(photo):
-    result = cli("animate", photo, *tiny("--spacing", "karras"))
-    assert result.returncode == 2 and "uniform_trailing" in result.stderr
+def test_unknown_spacing_is_rejected_with_the_choices(photo, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["animate", str(photo), *map(str, tiny("--spacing", "karras"))])
+    assert exit_info.value.code == 2 and "uniform_trailing" in capsys.readouterr().err
 
 
-def test_not_a_checkpoint(tmp_path, photo):
+def test_not_a_checkpoint(tmp_path, photo, capsys):
     fake = tmp_path / "model.safetensors"
     fake.write_bytes(b"\x00" * 64)
-    result = cli("animate", photo, "--checkpoint", fake, "-o", tmp_path / "x.mp4")
-    assert result.returncode == 2 and "Traceback" not in result.stderr and "model.safetensors" in result.stderr
+    status, err = in_process(capsys, "animate", photo, "--checkpoint", fake, "-o", tmp_path / "x.mp4")
+    assert status == 2 and "model.safetensors" in err and "download it again" in err
 
 
-def test_without_a_checkpoint_it_says_what_to_download_and_where(tmp_path, photo):
-    env_home = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "dynamicrafter_core", "animate", str(photo)], capture_output=True,
-                            text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, **env_home, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 2
-    assert "huggingface.co/Doubiiu/DynamiCrafter_512" in result.stderr
-    assert "dynamicrafter_512_v1.ckpt" in result.stderr and "--download" in result.stderr
+def test_without_a_checkpoint_it_says_what_to_download_and_where(tmp_path, photo, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("DYNAMICRAFTER_MODELS", "COMFYUI_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    status, err = in_process(capsys, "animate", photo)
+    assert status == 2
+    assert "huggingface.co/Doubiiu/DynamiCrafter_512" in err
+    assert "dynamicrafter_512_v1.ckpt" in err and "--download" in err
