@@ -10,7 +10,8 @@
         with the straightforward implementation, and the largest difference between their outputs
 
 --baseline is the straightforward implementation: attention that materialises every score matrix (einsum and
-softmax, as the original), one UNet call per guidance branch, the feed-forward over all tokens at once, NCHW.
+softmax, as the original), one UNet call per guidance branch, the feed-forward over all tokens at once, NCHW (the
+temporal convolutions too).
 Every number comes from this run, on the device the table names; FLOP/s are the UNet's multiply-adds x 2, counted on
 the meta device, over the sampling time. The table is followed by the same numbers as one JSON line.
 """
@@ -33,7 +34,7 @@ from .attention import reference_attention
 from .config import (VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig)
 from .model import DynamiCrafter
 from .pipeline import encode_image_context, sample, visual_detail_guidance
-from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, UNet
+from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, TemporalConvBlock, UNet
 
 BENCH_VARIANTS = ("256", "512", "1024", "512_interp")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -127,15 +128,21 @@ def unet_flops(cfg: UNetConfig, frames: int, latent_hw: tuple, context_tokens: i
 @contextlib.contextmanager
 def straightforward(unet: UNet, enabled: bool = True):
     """The UNet as the straightforward implementation runs it (the caller also gives each guidance branch its own
-    UNet call): einsum attention with full score matrices, the feed-forward over all tokens at once, NCHW."""
-    saved = unet.ff_tokens, unet.channels_last
+    UNet call): einsum attention with full score matrices, the feed-forward over all tokens at once, NCHW, the
+    temporal convolutions on NCDHW."""
+    temporal = [m for m in unet.modules() if isinstance(m, TemporalConvBlock)]
+    saved = unet.ff_tokens, unet.channels_last, [m.channels_last for m in temporal]
     if enabled:
         unet.ff_tokens, unet.channels_last = 0, False
+        for m in temporal:
+            m.channels_last = False
     try:
         with reference_attention(enabled):
             yield
     finally:
-        unet.ff_tokens, unet.channels_last = saved
+        unet.ff_tokens, unet.channels_last, layouts = saved
+        for m, layout in zip(temporal, layouts):
+            m.channels_last = layout
 
 
 # ---------------------------------------------------------------------------------------------------------------

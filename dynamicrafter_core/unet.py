@@ -206,8 +206,14 @@ class TemporalConvBlock(nn.Module):
             layers = [ops.GroupNorm(32, channels), nn.SiLU()] + ([] if i == 1 else [nn.Identity()]) + [conv]
             setattr(self, f"conv{i}", nn.Sequential(*layers))
 
+    # The four stages run channels-last-3d: the CPU convolution is then about 3x faster than on the NCDHW tensor
+    # the original's GroupNorm hands it (the tiny-width UNet step at the 512 latent size: 4.8 -> 4.3 s); on a GPU
+    # it is unmeasured. The residual sum returns x's own layout. The benchmark's straightforward run turns it off.
+    channels_last: bool = True
+
     def forward(self, x):
-        return x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        h = x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+        return x + self.conv4(self.conv3(self.conv2(self.conv1(h))))
 
 
 class ResBlock(nn.Module):

@@ -11,7 +11,7 @@ import dynamicrafter_core as dc
 from dynamicrafter_core.attention import attention, reference_attention
 from dynamicrafter_core.config import UNetConfig
 from dynamicrafter_core.pipeline import animate
-from dynamicrafter_core.unet import FP8, ResBlock, SpatialTransformer, UNet, ff_token_limit
+from dynamicrafter_core.unet import FP8, ResBlock, SpatialTransformer, TemporalConvBlock, UNet, ff_token_limit
 from tests.conftest import CHECKPOINT
 
 SAME = 1e-4  # max |a - b| / std(b) in float32
@@ -52,6 +52,17 @@ def test_layout_and_token_slices_keep_the_output(model, unet_inputs, channels_la
         plain = unet(*unet_inputs)
         unet.channels_last, unet.ff_tokens = channels_last, ff_tokens
         assert relative(unet(*unet_inputs), plain) <= SAME
+
+
+def test_channels_last_temporal_convolutions_keep_the_output(model, unet_inputs):
+    unet = copy.deepcopy(model.unet)
+    blocks = [m for m in unet.modules() if isinstance(m, TemporalConvBlock)]
+    assert blocks and all(m.channels_last for m in blocks)  # the default
+    with torch.no_grad():
+        fast = unet(*unet_inputs)
+        for m in blocks:
+            m.channels_last = False
+        assert relative(fast, unet(*unet_inputs)) <= SAME
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -117,8 +117,11 @@ def test_stochastic_sampling_uses_the_given_step_noise():
     schedule = NoiseSchedule.from_config(VARIANT_CONFIGS["512"])
     ts = dc.ddim_timesteps(4, "uniform_trailing")
     noise = torch.randn(4, 1, 3)
-    run = lambda eta, scale: dc.sample_ddim(lambda x, t: torch.zeros_like(x), torch.ones(1, 3), schedule, ts, eta,
-                                            lambda i: noise[i] * scale)
+
+    def run(eta, scale):
+        return dc.sample_ddim(lambda x, t: torch.zeros_like(x), torch.ones(1, 3), schedule, ts, eta,
+                              lambda i: noise[i] * scale)
+
     torch.testing.assert_close(run(1.0, 1.0), run(1.0, 1.0))
     assert not torch.allclose(run(1.0, 1.0), run(1.0, 2.0))
     torch.testing.assert_close(run(0.0, 1.0), run(0.0, 2.0))  # eta 0: the noise has no effect
