@@ -10,7 +10,7 @@ from ..dynamicrafter_core.errors import InputError, MissingEncoderError
 from ..dynamicrafter_core.pipeline import Conditioning, text_image_context
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import host, memory
-from .sockets import CONTEXT, MODEL, DynamiCrafterModel, ImageContext, core_to_image, expect, image_to_core
+from .sockets import CONTEXT, MODEL_INPUT, DynamiCrafterModel, ImageContext, core_to_image, expect, image_to_core
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class EncodeImageContext:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From Load DynamiCrafter."}),
+                "model": MODEL_INPUT,
                 "image": ("IMAGE", {"tooltip": "The start image. Connect Visual Detail Guidance's `frame` output "
                                                "so the context sees the frame as the video shows it (cropped or "
                                                "padded); a batch gives one video per image."}),

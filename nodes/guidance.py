@@ -11,7 +11,7 @@ from . import host, memory
 from .sockets import (
     GUIDANCE,
     INTERP_CHECKPOINT,
-    MODEL,
+    MODEL_INPUT,
     DynamiCrafterModel,
     Guidance,
     core_to_image,
@@ -80,7 +80,7 @@ class VisualDetailGuidance:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From Load DynamiCrafter."}),
+                "model": MODEL_INPUT,
                 "image": ("IMAGE", {"tooltip": "The start image (a batch gives one video per image)."}),
                 "mode": (MODES, {"default": "i2v",
                                  "tooltip": "i2v: animate the image. interpolation: from image to end_image. loop: "

@@ -15,7 +15,7 @@ from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
 from .guidance import SIZE_INPUTS, check_interpolation, posterior, video_size
-from .sockets import CONTEXT, GUIDANCE, MODEL, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
+from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
 
 SEED_RANGE = 2 ** 64
 
@@ -125,7 +125,7 @@ class I2VSampler(_VideoSampler):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": (MODEL, {"tooltip": "From Load DynamiCrafter."}),
+                "model": MODEL_INPUT,
                 "context": (CONTEXT, {"tooltip": "From Encode Image Context."}),
                 "guidance": (GUIDANCE, {"tooltip": "From Visual Detail Guidance."}),
                 **SAMPLING_INPUTS,

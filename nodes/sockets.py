@@ -16,6 +16,8 @@ from ..dynamicrafter_core.pipeline import Conditioning, as_rgb
 MODEL = "DYNAMICRAFTER_MODEL"
 CONTEXT = "DYNAMICRAFTER_CONTEXT"
 GUIDANCE = "DYNAMICRAFTER_GUIDANCE"
+# the `model` input of every node downstream of the loader
+MODEL_INPUT = (MODEL, {"tooltip": "From Load DynamiCrafter."})
 
 INTERP_CHECKPOINT = "dynamicrafter_512_interp_v1.ckpt"
 
