@@ -186,8 +186,16 @@ def server(tmp_path_factory):
     from safetensors.torch import save_file
     from spandrel.architectures.ESRGAN import ESRGAN
 
-    esrgan = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4)
-    save_file(esrgan.state_dict(), str(models / "upscale_models" / "tiny_esrgan.safetensors"))
+    # A nearest-neighbour 4x upscaler in ESRGAN's layout: identity taps on three channels, the residual trunk
+    # (model.1) zero. Random weights often clipped every pixel, so all frames came out equal and the WebP encoder
+    # merged them into one (the frame-count check below then failed about one run in six).
+    weights = ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4).state_dict()
+    for key, tensor in weights.items():
+        tensor.zero_()
+        if key.endswith(".weight") and not key.startswith("model.1."):
+            for c in range(3):
+                tensor[c, c, 1, 1] = 1.0
+    save_file(weights, str(models / "upscale_models" / "tiny_esrgan.safetensors"))
     from PIL import Image
 
     (base / "input").mkdir()
