@@ -230,10 +230,13 @@ def _expected(module: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in module.state_dict(keep_vars=True).items()}
 
 
-def _fill(target: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str, guess: str,
-          cfg_note: str) -> None:
-    """Assign the tensors under `prefix` to `target`, refusing missing, extra and wrongly shaped ones."""
-    expected = _expected(target)
+def _fill(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str,
+          guess: str, cfg_note: str) -> None:
+    """Assign the tensors under `prefix` to `target`, refusing missing, extra and wrongly shaped ones. The keys and
+    shapes to expect come from `layout`, the same network built from plain torch.nn layers: a host's layer classes
+    may hold no weights until they are loaded (ComfyUI's Dynamic VRAM builds comfy.ops Linear layers without them),
+    so `target` itself cannot say what it needs."""
+    expected = _expected(layout)
     present = {k[len(prefix):]: k for k in names if k.startswith(prefix) and not k.startswith(IGNORED)}
     missing = sorted(set(expected) - set(present))
     if missing:
@@ -310,10 +313,14 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
     has_image = any(k.startswith("embedder.model.visual.") for k in names)
     with torch.device("meta"):
         model = DynamiCrafter(cfg, with_text_encoder=has_text, with_image_encoder=has_image, ops=ops)
-    present = {"text_encoder": has_text, "image_encoder.visual": has_image}
+        # the networks `ops` builds, again from torch.nn layers: their layout
+        layout = model if ops is nn else DynamiCrafter(cfg, with_text_encoder=False, with_image_encoder=False)
+    towers = {"text_encoder": has_text, "image_encoder.visual": has_image}  # open_clip's torch.nn, whatever `ops`
     for prefix, attr in PREFIXES.items():
-        if present.get(attr, True):
-            _fill(model.get_submodule(attr), prefix, sd, names, device, dtype, what, guess, cfg_note)
+        if towers.get(attr, True):
+            target = model.get_submodule(attr)
+            reference = target if attr in towers else layout.get_submodule(attr)
+            _fill(target, reference, prefix, sd, names, device, dtype, what, guess, cfg_note)
     unknown = sorted(k for k in names if not k.startswith(tuple(PREFIXES)) and not k.startswith(IGNORED))
     if unknown:
         log.info("ignored %d tensors outside DynamiCrafter's networks (first: %s)", len(unknown), unknown[0])

@@ -71,7 +71,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 77) token ids -> (B, 77, width): penultimate block, then ln_final."""
-        x = self.token_embedding(tokens.to(self.token_embedding.weight.device))
+        x = self.token_embedding(tokens)
         x = x + self.positional_embedding.to(x)
         for block in self.transformer.resblocks[:-1]:
             x = clip_block(block, x, causal=True)
@@ -107,8 +107,7 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 1 + patches, width): every token of the last block."""
         v = self.visual
-        weight = v.conv1.weight
-        x = self.preprocess(images.to(weight.device, torch.float32)).to(weight.dtype)
+        x = self.preprocess(images.float()).to(v.conv1.weight.dtype)
         x = v.conv1(x).flatten(2).transpose(1, 2)  # (B, patches, width)
         cls = v.class_embedding.to(x).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x)

@@ -18,6 +18,13 @@ from .unet import UNet
 from .vae import AutoencoderKL, sample_posterior
 
 
+def weights_device(network: nn.Module) -> torch.device:
+    """Where a network's weights are, which is where it runs in plain PyTorch. Every call below also takes `device`:
+    a host that streams weights (ComfyUI's Dynamic VRAM keeps large layers in host memory and copies them per call)
+    names the device to run on, because there the weights' device says nothing about it."""
+    return next(network.parameters()).device
+
+
 class DynamiCrafter(nn.Module):
     """The UNet, the VAE, the Query Transformer and (unless the file was pruned) the two OpenCLIP towers."""
 
@@ -42,7 +49,8 @@ class DynamiCrafter(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.input_blocks[0][0].weight.device
+        """Where the UNet's weights are: where it runs when the caller names no device."""
+        return weights_device(self.unet)
 
     @property
     def supports_interpolation(self) -> bool:
@@ -76,20 +84,21 @@ class DynamiCrafter(nn.Module):
         return tower
 
     @torch.no_grad()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], device=None) -> torch.Tensor:
         """Prompts -> (B, 77, D) OpenCLIP tokens, penultimate layer + ln_final."""
         encoder = self._require(self.text_encoder, "text", "clip")
         if isinstance(prompts, str):
             prompts = [prompts]
-        return encoder(encoder.tokenize(prompts))
+        return encoder(encoder.tokenize(prompts).to(device or weights_device(encoder)))
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, device=None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 257, W_clip), all last-layer CLIP tokens."""
-        return self._require(self.image_encoder, "image", "clip_vision")(images)
+        encoder = self._require(self.image_encoder, "image", "clip_vision")
+        return encoder(images.to(device or weights_device(encoder)))
 
     @torch.no_grad()
-    def project_image(self, clip_tokens: torch.Tensor) -> torch.Tensor:
+    def project_image(self, clip_tokens: torch.Tensor, device=None) -> torch.Tensor:
         """The Query Transformer: (B, 257, W_clip) -> (B, 16 * T, D)."""
         expected = self.config.query_transformer.embedding_dim
         if clip_tokens.ndim != 3 or clip_tokens.shape[-1] != expected:
@@ -97,16 +106,16 @@ class DynamiCrafter(nn.Module):
                              f"takes (batch, tokens, {expected}): the CLIP ViT-H/14 last hidden state (1280 wide for "
                              "the released models)")
         qt = self.query_transformer
-        return qt(clip_tokens.to(qt.proj_in.weight.device))
+        return qt(clip_tokens.to(device or weights_device(qt)))
 
     # -- the visual detail guidance (VAE) ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_posterior(self, images: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) in [-1, 1] -> the VAE posterior (mean, std), each (B, 4, H/8, W/8) float32, one image at a
         time (the original's per-frame encoding)."""
         vae = self.vae
-        dev, dtype = vae.encoder.conv_in.weight.device, vae.dtype
+        dev, dtype = device or weights_device(vae), vae.dtype
         mean, std = zip(*(vae.encode(images[i:i + 1].to(dev, dtype)) for i in range(images.shape[0])))
         return torch.cat(mean).float(), torch.cat(std).float()
 
@@ -125,7 +134,7 @@ class DynamiCrafter(nn.Module):
         return self.sample_latents(self.encode_posterior(images), noise, generator)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 1, device=None) -> torch.Tensor:
         """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames at a time.
         Unclamped."""
         video = latents.ndim == 5
@@ -133,7 +142,7 @@ class DynamiCrafter(nn.Module):
             b, c, t, h, w = latents.shape
             latents = latents.transpose(1, 2).reshape(b * t, c, h, w)
         vae = self.vae
-        dev, dtype = vae.encoder.conv_in.weight.device, vae.dtype
+        dev, dtype = device or weights_device(vae), vae.dtype
         z = latents / self.config.scale_factor
         frames = torch.cat([vae.decode(z[i:i + chunk].to(dev, dtype)).float() for i in range(0, z.shape[0], chunk)])
         if video:

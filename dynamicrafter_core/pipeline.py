@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 
 from .errors import InputError
-from .model import DynamiCrafter
+from .model import DynamiCrafter, weights_device
 from .sampler import (SPACINGS, StepCallback, check_eta, check_steps, ddim_timesteps, guided_denoiser,
                       sample_ddim)
 
@@ -271,7 +271,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             start, end = start.expand(n, -1, -1, -1), end.expand(n, -1, -1, -1)
 
     generator = torch.Generator().manual_seed(int(seed))
-    home = model.vae.encoder.conv_in.weight.device  # low_memory moves the other networks; the VAE stays
+    home = weights_device(model.vae)  # low_memory moves the other networks; the VAE stays
     if low_memory:
         model.place("encode", home)
     cond = encode_image_context(model, start, prompt, negative_prompt)
