@@ -45,7 +45,7 @@ def _check_width(tokens: torch.Tensor, expected: int, socket: str, known: dict, 
 
 def _text(model: DynamiCrafterModel, clip, prompt: str, negative_prompt: str) -> tuple:
     if clip is None:
-        text = model.core.encode_text([prompt, negative_prompt])
+        text = model.core.encode_text([prompt, negative_prompt], device=model.device("text_encoder"))
         return text[:1], text[1:]
     if not hasattr(clip, "tokenize"):
         raise InputError(f"`clip` needs a CLIP (text encoder); it received a {type(clip).__name__}")
@@ -61,7 +61,7 @@ def _image_tokens(model: DynamiCrafterModel, clip_vision, images: torch.Tensor) 
     """(B, 3, H, W) in [-1, 1] -> CLIP tokens of the B images and of a mid-grey image (the unconditional branch)."""
     batch = torch.cat([images, torch.zeros_like(images[:1])])
     if clip_vision is None:
-        return model.core.encode_image(batch)
+        return model.core.encode_image(batch, device=model.device("image_encoder"))
     if not hasattr(clip_vision, "encode_image"):
         raise InputError(f"`clip_vision` needs a CLIP_VISION model; it received a {type(clip_vision).__name__}")
     tokens = host.encode_image_with_clip_vision(clip_vision, core_to_image(batch))
@@ -89,7 +89,7 @@ def image_context(model: DynamiCrafterModel, images: torch.Tensor, prompt: str, 
     host.load(model.patchers_for(*own, "query_transformer"), memory.encoders(images.shape[0] + 1, bytes_per_value),
               full=True)  # OpenCLIP towers are plain torch.nn: a partial load would leave layers on the CPU
     text, negative_text = _text(model, clip, prompt, negative_prompt)
-    projected = core.project_image(_image_tokens(model, clip_vision, images))
+    projected = core.project_image(_image_tokens(model, clip_vision, images), device=model.device("query_transformer"))
     cond = text_image_context(text.to(projected), negative_text.to(projected), projected[:-1], projected[-1:])
     out = host.intermediate_device()
     return Conditioning(**{k: v.to(out) for k, v in vars(cond).items() if v is not None})

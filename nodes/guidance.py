@@ -51,7 +51,7 @@ def posterior(model: DynamiCrafterModel, images: torch.Tensor) -> tuple:
     h, w = images.shape[-2:]
     host.load(model.patchers_for("vae"), memory.vae(h, w, vae.cfg.ch, vae.dtype.itemsize), full=True)
     out = host.intermediate_device()
-    return tuple(t.to(out) for t in model.core.encode_posterior(images))
+    return tuple(t.to(out) for t in model.core.encode_posterior(images, device=model.device("vae")))
 
 
 def pair_batches(start: torch.Tensor, end: torch.Tensor) -> tuple:

@@ -129,10 +129,21 @@ def ops():
 # -- model management ------------------------------------------------------------------------------------------
 
 
-def model_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+def model_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device,
+                  streaming: bool):
+    """ComfyUI's patcher for one network. streaming: ComfyUI's own core patcher, which under Dynamic VRAM (ComfyUI
+    0.33+, on by default on NVIDIA) keeps the large comfy.ops layers in host memory and copies them in per call and
+    loads the rest to the GPU; elsewhere it is the estimate-based ModelPatcher. Not streaming: the estimate-based
+    ModelPatcher always, which moves the whole module in and out."""
+    import comfy.model_management as mm
     import comfy.model_patcher
 
-    cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    if streaming:
+        cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    else:
+        cls = comfy.model_patcher.ModelPatcher
+    if hasattr(mm, "archive_model_dtypes"):  # ComfyUI 0.33+: each weight's dtype, which streaming copies it in
+        mm.archive_model_dtypes(module)
     return cls(module, load_device=load_device, offload_device=offload_device)
 
 

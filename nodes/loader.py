@@ -19,6 +19,15 @@ VARIANTS = ["auto", "512", "512_interp"]
 UNET_PARAMETERS = 1_438_854_980
 FP8 = torch.float8_e4m3fn
 
+# stage (an attribute of the core model) -> (ComfyUI's device pair for it, streaming patcher?), as ComfyUI's own
+# models choose: networks made of comfy.ops layers take ComfyUI's core patcher, which streams them under Dynamic
+# VRAM (its UNets, its SD VAE, its CLIP vision); the OpenCLIP towers are open_clip's plain torch.nn modules, whose
+# attention keeps its largest weights (nn.MultiheadAttention's in_proj) on a module with children: a streaming
+# patcher moves those to the GPU in place and never back, so they take the whole-module patcher, as ComfyUI's VAEs
+# with weights its casting cannot stream do (`disable_offload`).
+PATCHERS = {"unet": ("unet", True), "vae": ("vae", True), "query_transformer": ("encoders", True),
+            "text_encoder": ("encoders", False), "image_encoder": ("encoders", False)}
+
 
 def readme() -> str:
     """models/dynamicrafter/README.txt, written at first start."""
@@ -116,16 +125,14 @@ class Loader:
         if plan["unet"] == FP8:
             store_fp8(core.unet)
         core.unet.compute_dtype = plan["unet_compute"]
-        places = {"unet": "unet", "vae": "vae", "query_transformer": "encoders", "text_encoder": "encoders",
-                  "image_encoder": "encoders"}  # stage (= attribute of the core model) -> ComfyUI's device pair
         patchers = {}
-        for stage, place in places.items():
+        for stage, (place, streaming) in PATCHERS.items():
             module = getattr(core, stage)
             if module is None:  # a pruned file: ComfyUI's CLIP / CLIP_VISION stand in
                 continue
             if place == "encoders":
                 module.to(plan["encoders"])
-            patchers[stage] = host.model_patcher(module, *devices[place])
+            patchers[stage] = host.model_patcher(module, *devices[place], streaming=streaming)
         names = {k: str(v).replace("torch.", "") for k, v in plan.items()}
         info = (f"{core.describe()} | weights: UNet {names['unet']} (computed in {names['unet_compute']}), "
                 f"VAE {names['vae']}, encoders {names['encoders']} | {ckpt_name}")

@@ -82,9 +82,8 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo
         on_step(step["i"], step["denoised"])
 
-    # the UNet's load device: a partial (lowvram) load may leave its first layer, which model.device reads, offloaded
     return sample(model.core, cond.context, cond.uncond_context, concat, text_uncond_context=cond.text_uncond_context,
-                  generator=generator, callback=callback, device=model.patchers["unet"].load_device, **options).cpu()
+                  generator=generator, callback=callback, device=model.device("unet"), **options).cpu()
 
 
 def decode(model: DynamiCrafterModel, latents: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,7 @@ def decode(model: DynamiCrafterModel, latents: torch.Tensor) -> torch.Tensor:
     host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize), full=True)
     frames = []
     for t in range(latents.shape[2]):
-        frames.append(model.core.decode_latents(latents[:, :, t:t + 1]).cpu())
+        frames.append(model.core.decode_latents(latents[:, :, t:t + 1], device=model.device("vae")).cpu())
         host.check_interrupt()
     return frames_to_images(torch.cat(frames, dim=2))
 
@@ -146,7 +145,7 @@ class I2VSampler(_VideoSampler):
                              f"{mean.shape[0]}; give Encode Image Context and Visual Detail Guidance the same images")
         options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
         load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options)
-        report = host.progress(len(timesteps(model, options)), unique_id, model.patchers["unet"].load_device)
+        report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
         latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
                                lambda i, denoised: report(i + 1, denoised))
         if guidance.mode == "loop":
@@ -200,7 +199,7 @@ class FrameInterpolate(_VideoSampler):
         options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
         load_unet(model, 1, frames, posteriors[0][0].shape[-2:], options)
         visits = len(timesteps(model, options))
-        report = host.progress(visits * len(pairs), unique_id, model.patchers["unet"].load_device)
+        report = host.progress(visits * len(pairs), unique_id, model.device("unet"))
         segments = []
         for k, (i, j) in enumerate(pairs):
             latents = sample_video(model, contexts[k], posteriors[i], posteriors[j], frames, seed + k, options,

@@ -34,6 +34,22 @@ class DynamiCrafterModel:
     def patchers_for(self, *stages: str) -> list:
         return [self.patchers[s] for s in stages if s in self.patchers]
 
+    # What ComfyUI asks of a node output that holds models, as of its MODEL / CLIP / VAE (ComfyUI 0.33+): the RAM
+    # cache drops old outputs with a `patcher` first instead of taking them for empty, and the models of `patcher`
+    # and get_models() are marked as in use by the running prompt, so their pinned host memory is evicted last.
+
+    @property
+    def patcher(self):
+        return self.patchers["unet"]
+
+    def get_models(self) -> list:
+        return list(self.patchers.values())
+
+    def device(self, stage: str) -> torch.device:
+        """Where ComfyUI runs a network: its patcher's load device. Under Dynamic VRAM the weights of large layers
+        stay in host memory and are copied in per call, so where a weight sits says nothing about it."""
+        return self.patchers[stage].load_device
+
 
 @dataclass
 class ImageContext:

@@ -1,5 +1,13 @@
-"""A stand-in for nodes/host.py without ComfyUI: what ComfyUI does when started with --cpu (CPU devices, float32,
-plain torch.nn layers), with every request recorded so tests can check what the nodes asked ComfyUI for."""
+"""A stand-in for nodes/host.py without ComfyUI, behaving as ComfyUI 0.33 does on the CPU, with every request
+recorded so tests can check what the nodes asked ComfyUI for:
+- float32 on CPU devices; the load device is `cpu:0`, a name of the CPU that no weight ever reports, so a node that
+  takes a network's device from its weights instead of its patcher is told apart (Dynamic VRAM streams weights from
+  host memory: there the weights' device is not where the network runs);
+- layers as comfy.ops builds them under Dynamic VRAM: Linear layers without weights until a state dict assigns them;
+- Cancel as ComfyUI's InterruptProcessingException, a BaseException, raised by check_interrupt (ComfyUI throttles
+  progress updates, so the nodes cannot count on its progress hook to deliver Cancel).
+What it cannot stand in for (weights streamed per layer call, Cancel raised from inside a layer, the RAM cache) the
+real-host tier checks in ComfyUI itself (test_comfyui_host.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,15 +15,45 @@ from pathlib import Path
 import torch
 
 EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".sft")
+LOAD_DEVICE = torch.device("cpu", 0)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """What ComfyUI's InterruptProcessingException is to the nodes: raised by check_interrupt after Cancel."""
 
 
+class WeightlessLinear(torch.nn.Linear):
+    """comfy.ops' Linear under Dynamic VRAM: built without weight and bias, which loading the state dict assigns."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+        self.weight = self.bias = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for key, value in state_dict.items():  # torch hands a leaf module only its own keys
+            name = key[len(prefix):]
+            if name == "weight" or (name == "bias" and self.has_bias):
+                setattr(self, name, torch.nn.Parameter(value, requires_grad=False))
+            else:
+                unexpected_keys.append(key)
+        missing_keys.extend(prefix + name for name, wanted in (("weight", True), ("bias", self.has_bias))
+                            if wanted and getattr(self, name) is None)
+
+
+class DynamicVramOps:
+    """torch.nn's layer classes, Linear as comfy.ops makes it under Dynamic VRAM."""
+    Linear = WeightlessLinear
+
+    def __getattr__(self, name):
+        return getattr(torch.nn, name)
+
+
 class FakePatcher:
-    def __init__(self, module, load_device, offload_device):
+    def __init__(self, module, load_device, offload_device, streaming):
         self.model, self.load_device, self.offload_device = module, load_device, offload_device
+        self.streaming = streaming
 
 
 class FakeHost:
@@ -43,7 +81,7 @@ class FakeHost:
         return [str(self.folder)]
 
     def devices(self):
-        return {stage: (self.cpu, self.cpu) for stage in ("unet", "vae", "encoders")}
+        return {stage: (LOAD_DEVICE, self.cpu) for stage in ("unet", "vae", "encoders")}
 
     def unet_dtype(self, device, parameters):
         return torch.float32
@@ -64,10 +102,10 @@ class FakeHost:
         return self.cpu
 
     def ops(self):
-        return torch.nn
+        return DynamicVramOps()
 
-    def model_patcher(self, module, load_device, offload_device):
-        return FakePatcher(module, load_device, offload_device)
+    def model_patcher(self, module, load_device, offload_device, streaming):
+        return FakePatcher(module, load_device, offload_device, streaming)
 
     def load(self, patchers, memory_required, full=False):
         self.loads.append(([type(p.model).__name__ for p in patchers], memory_required, full))

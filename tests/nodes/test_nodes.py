@@ -5,7 +5,7 @@ import torch
 
 from dynamicrafter_core.pipeline import animate, fit_image
 
-from .fake_host import Interrupted
+from .fake_host import LOAD_DEVICE, Interrupted
 from .helpers import TINY, comfy_image
 
 LOADER = "DynamiCrafterAnimate_Loader"
@@ -125,6 +125,37 @@ def test_progress_preview_and_memory_requests(nodes, host, loaded):
                       (["UNet"], False), (["AutoencoderKL"], True)]  # only the UNet may be partially loaded
     assert all(memory > 0 for _, memory, _ in host.loads)
     assert [r for r in host.reports] == [(i, 3, (1, 4, FRAMES, 8, 8)) for i in (1, 2, 3)]
+
+
+def test_each_network_runs_on_its_patchers_load_device(pack, nodes, host, loaded, monkeypatch):
+    """Under Dynamic VRAM the weights of large layers stay in host memory, so a node must run each network where
+    ComfyUI's patcher says, never where one of its weights happens to be (the fake's load device is `cpu:0`, a name
+    no CPU tensor reports)."""
+    model, calls = loaded["model"], []
+    for name in ("encode_text", "encode_image", "project_image", "encode_posterior", "decode_latents"):
+        method = getattr(model.core, name)
+        monkeypatch.setattr(model.core, name, lambda *a, _m=method, _n=name, **k: calls.append((_n, k.get("device")))
+                            or _m(*a, **k))
+    sample = pack.nodes.sampler.sample
+    monkeypatch.setattr(pack.nodes.sampler, "sample",
+                        lambda *a, **k: calls.append(("sample", k.get("device"))) or sample(*a, **k))
+    run_i2v(nodes, model, comfy_image())
+    assert {name for name, _ in calls} == {"encode_text", "encode_image", "project_image", "encode_posterior",
+                                           "decode_latents", "sample"}
+    assert all(device == LOAD_DEVICE for _, device in calls), calls
+    assert LOAD_DEVICE != model.core.device  # the weights' device, which the nodes must not use
+
+
+def test_the_model_output_tells_comfyui_which_patchers_it_holds(loaded):
+    """ComfyUI 0.33's RAM cache and prompt tracker read `patcher` and get_models() of any output (as of its MODEL,
+    CLIP and VAE): without them an old DynamiCrafter model looks empty to the cache and its pinned weights are
+    evicted first while a prompt is using them."""
+    model = loaded["model"]
+    assert model.patcher is model.patchers["unet"]
+    assert model.get_models() == list(model.patchers.values()) and len(model.get_models()) == 5
+    streaming = {stage: p.streaming for stage, p in model.patchers.items()}
+    assert streaming == {"unet": True, "vae": True, "query_transformer": True, "text_encoder": False,
+                         "image_encoder": False}
 
 
 def test_cancel_stops_within_a_step_and_the_next_run_is_unaffected(nodes, host, loaded):
