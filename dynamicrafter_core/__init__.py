@@ -11,7 +11,7 @@ from .model import DynamiCrafter
 from .pipeline import animate, sample
 from .sampler import NoiseSchedule, ddim_timesteps, guided_denoiser, sample_ddim
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = [
     "load_model", "read_state_dict", "detect_variant", "DynamiCrafter", "ModelConfig", "from_original", "VARIANTS",
