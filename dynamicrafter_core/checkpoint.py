@@ -92,26 +92,44 @@ def _unwrap(obj, path: Path) -> dict:
     return out
 
 
+def file_format(head: bytes, size: int) -> str:
+    """What a file holds, told from its first 9 bytes rather than its name: "safetensors" (an 8-byte little-endian
+    header length, then the JSON header), "zip" (torch.save since PyTorch 1.6), "pickle" (older torch.save, pickle
+    protocol 2+) or "unknown"."""
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
 def read_state_dict(path: Union[str, Path]) -> StateDict:
     """Read a checkpoint without executing any code from it: safetensors, or `.ckpt` through
-    torch.load(weights_only=True)."""
+    torch.load(weights_only=True). The format is told from the file's first bytes, whatever its suffix."""
     path = Path(path)
     if not path.exists():
         raise ModelFileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a folder; pass the checkpoint file inside it (e.g. model.ckpt)")
-    suffix = path.suffix.lower()
+    if not path.is_file():  # opening a FIFO would wait for a writer forever
+        raise CheckpointError(f"{str(path)!r} is not a regular file (a pipe, a socket or a device); pass the "
+                              "checkpoint file itself")
     with open(path, "rb") as f:
-        head = f.read(8)
-    is_zip = head[:4] == b"PK\x03\x04"
-    if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and not is_zip and len(head) == 8):
+        head = f.read(9)
+    kind = file_format(head, path.stat().st_size)
+    damaged = ("The file is damaged or incomplete (an interrupted download?) or is not a checkpoint at all; download "
+               "it again.")
+    if kind == "unknown":
+        expected = "safetensors" if path.suffix.lower() in SAFETENSORS_SUFFIXES else "a PyTorch checkpoint"
+        raise CheckpointError(f"{path.name} cannot be read as {expected}: its first bytes are neither a safetensors "
+                              f"header nor PyTorch's zip or pickle format. {damaged}")
+    if kind == "safetensors":
         try:
             return _SafetensorsFile(path)
         except Exception as e:  # safetensors raises its own error types for every kind of damage
-            if suffix in SAFETENSORS_SUFFIXES:
-                raise CheckpointError(
-                    f"{path.name} cannot be read as safetensors ({e}). The file is damaged or incomplete (an "
-                    "interrupted download?) or is not a safetensors file; download it again.") from e
+            raise CheckpointError(f"{path.name} cannot be read as safetensors ({e}). {damaged}") from e
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -120,16 +138,25 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot mmap
     except Exception as e:  # torch.load reports damage and refusals with many exception types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, pickle.UnpicklingError) and "global" in str(e).lower():
+        # torch's own text advises loading with weights_only=False, which would run the file's code: quote its cause
+        if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
             raise CheckpointError(
                 f"refused to load {path.name}: besides tensors it contains Python objects whose unpickling could run "
-                f"arbitrary code ({first_line}). Use a .safetensors version of the checkpoint, or convert this one "
-                "in an environment you trust.") from e
-        raise CheckpointError(
-            f"{path.name} cannot be read as a PyTorch checkpoint ({first_line}). The file is damaged or incomplete "
-            "(an interrupted download?) or is not a checkpoint at all; download it again.") from e
+                f"arbitrary code ({_torch_cause(e)}). Use a .safetensors version of the checkpoint, or convert this "
+                "one in an environment you trust.") from e
+        raise CheckpointError(f"{path.name} cannot be read as a PyTorch checkpoint ({_torch_cause(e)}). {damaged}") \
+            from e
     return _unwrap(obj, path)
+
+
+def _torch_cause(error: Exception) -> str:
+    """torch.load's reason for a failure, without its advice to load with weights_only=False."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line and not line.startswith(("Weights only load failed", "(1)", "(2)",
+                                                                            "Please file an issue", "Check the")):
+            return line.removeprefix("WeightsUnpickler error: ")
+    return type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,8 +224,8 @@ def detect_variant(keys: Iterable[str], scale_arr: Optional[torch.Tensor] = None
     if _any(keys, r"^model\.diffusion_model\..*attn2\.alpha$"):
         return "256", "learnable image-gate `alpha` keys (256 model)"
     hint = name_hint.lower()
-    if scale_arr is not None and not scale_arr.is_meta:
-        base = float(scale_arr.float()[-1])
+    if scale_arr is not None and scale_arr.ndim == 1 and scale_arr.numel() and not scale_arr.is_meta:
+        base = float(scale_arr[-1])  # one value: the file sets the tensor's size, which may be anything
         if abs(base - 0.3) < 0.05:
             return "1024", f"scale_arr base {base:.2f} (1024 model)"
         family, how = "512", f"scale_arr base {base:.2f} (512 family)"
@@ -257,11 +284,15 @@ def _fill(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, name
             raise CheckpointError(
                 f"{what}: `{key}` has shape {list(tensor.shape)} in the file, but {list(shape)} is expected. "
                 f"The file looks like {guess}. {cfg_note}")
-        if tensor.is_floating_point() and dtype is not None:
-            tensor = tensor.to(device=device, dtype=dtype)
-        else:
-            tensor = tensor.to(device=device)
-        tensors[local] = tensor
+        if not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{what}: `{key}` holds {str(tensor.dtype).replace('torch.', '')} values, but DynamiCrafter's weights "
+                "are floating point (float32, float16 or bfloat16): this looks like an integer-quantised file, which "
+                "this loader does not read. Use the released checkpoint or a float16/bfloat16 conversion of it.")
+        # always a copy: a tensor left memory-mapped would tie the model to the file, and replacing or truncating the
+        # file while it is loaded (a re-download, a copy over the same name) would then corrupt it or kill the process
+        tensors[local] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() and dtype else tensor.dtype,
+                                   copy=True)
     target.load_state_dict(tensors, strict=True, assign=True)
 
 
@@ -309,6 +340,10 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
         cfg = config if isinstance(config, ModelConfig) else from_original(config)
         cfg_note = "It was checked against the given configuration: check that the two belong together."
 
+    first_weight = "model.diffusion_model.input_blocks.0.0.weight"  # the UNet computes in this tensor's dtype
+    if dtype is None and first_weight in names and sd[names[first_weight]].dtype.itemsize == 1:
+        log.info("%s stores float8 weights, which no kernel computes in: loading it as float32", what)
+        dtype = torch.float32
     has_text = any(k.startswith("cond_stage_model.model.") for k in names)
     has_image = any(k.startswith("embedder.model.visual.") for k in names)
     with torch.device("meta"):

@@ -227,6 +227,9 @@ def load_config_file(path: Union[str, Path]) -> dict:
     return data.get("model", data)
 
 
+MAX_TIMESTEPS = 10_000
+
+
 def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     """Build a ModelConfig from the original yaml's `model:` section (dict, or a path to the yaml/json)."""
     if not isinstance(model_section, dict):
@@ -270,6 +273,10 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     top.setdefault("rescale_betas_zero_snr", False)
     top.setdefault("use_dynamic_rescale", False)
     top.setdefault("perframe_ae", False)
+    steps = top.get("timesteps", 1000)
+    if not isinstance(steps, int) or not 1 <= steps <= MAX_TIMESTEPS:  # the schedule's arrays are this long
+        raise ConfigError(f"timesteps {steps!r} is out of range: the noise schedule takes a whole number of 1 to "
+                          f"{MAX_TIMESTEPS} steps (the released models use 1000); check the configuration")
     if top["parameterization"] not in ("eps", "v"):
         raise ConfigError(f"parameterization {top['parameterization']!r} is not supported (use 'eps' or 'v')")
     return ModelConfig(unet=unet, vae=vae, text_encoder=text, image_encoder=image, query_transformer=qt, **top)

@@ -2,7 +2,9 @@
 import json
 import os
 import pickle
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +164,115 @@ def test_variant_is_told_from_the_weights_not_the_name():
     assert variant == "512" and "override" in how
     with pytest.raises(dc.ConfigError, match="unknown variant"):
         detect_variant(keys, base_07, override="2048")
+
+
+# -- nothing a file does may crash the process or silently corrupt the model -----------------------------------------
+
+AFTER_LOADING = """
+import torch
+import dynamicrafter_core as dc
+def unet_output(model):
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 8, 4, 8, 8, generator=g), torch.randn(1, 77 + 64, 16, generator=g)
+    return model.unet(x.to(model.unet.dtype), torch.tensor([500]), ctx.to(model.unet.dtype), torch.tensor([24]))
+path, config, dtype = {path!r}, {config!r}, {dtype}
+model = dc.load_model(path, config=config, dtype=dtype)
+before = unet_output(model)
+size = len(open(path, "rb").read())
+with open(path, "r+b") as f:  # overwritten in place, then cut short: a re-download over the same name
+    f.write(bytes(size))
+    f.truncate(size // 3)
+after = unet_output(model)
+print("same" if torch.equal(before, after) else "changed")
+"""
+
+
+@pytest.mark.parametrize("suffix,dtype", [(".safetensors", "torch.float32"), (".safetensors", "None"),
+                                          (".ckpt", "torch.float32"), (".ckpt", "None")])
+def test_the_model_does_not_depend_on_the_file_after_loading(tmp_path, tiny_state_dict, tiny_config, suffix, dtype):
+    """Weights left memory-mapped (the file's dtype asked for) die with SIGBUS when the file is truncated, and turn
+    to zeros or NaN when it is overwritten in place; so the check runs in a process of its own."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".ckpt":
+        torch.save({"state_dict": tiny_state_dict}, path)
+    else:
+        shutil.copy(CHECKPOINT, path)
+    script = AFTER_LOADING.format(path=str(path), config=tiny_config, dtype=dtype)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[2])
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    assert run.stdout.strip() == "same"
+
+
+def test_a_pipe_in_place_of_the_checkpoint_is_refused_without_waiting(tmp_path):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "model.ckpt"
+    os.mkfifo(fifo)
+    script = f"import dynamicrafter_core as dc\ntry:\n    dc.load_model({str(fifo)!r})\nexcept Exception as e:\n    print(e)"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[2])  # opening the pipe would block forever
+    assert "is not a regular file (a pipe, a socket or a device)" in run.stdout, run.stdout + run.stderr
+
+
+def test_random_bytes_are_called_no_checkpoint_without_torchs_unsafe_advice(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(dc.CheckpointError) as refused:
+        dc.load_model(path)
+    message = str(refused.value)
+    assert "model.ckpt cannot be read as a PyTorch checkpoint: its first bytes are neither" in message
+    assert "weights_only" not in message
+
+
+@pytest.mark.parametrize("written,named", [("safetensors", "model.ckpt"), ("ckpt", "model.safetensors")])
+def test_the_format_is_told_from_the_bytes_not_the_suffix(tmp_path, tiny_state_dict, tiny_config, reference_output,
+                                                          written, named):
+    path = tmp_path / named
+    if written == "safetensors":
+        shutil.copy(CHECKPOINT, path)
+    else:
+        torch.save({"state_dict": tiny_state_dict}, path)
+    torch.testing.assert_close(unet_output(dc.load_model(path, config=tiny_config)), reference_output)
+
+
+def test_integer_tensors_are_refused_in_one_line_naming_the_key(tiny_state_dict, tiny_config):
+    quantised = {k: (v * 100).to(torch.int8) if k.endswith("weight") else v for k, v in tiny_state_dict.items()}
+    with pytest.raises(dc.CheckpointError) as refused:
+        dc.load_model(quantised, config=tiny_config)
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 500
+    assert re.search(r"`[\w.]+\.weight` holds int8 values, but DynamiCrafter's weights are floating point", message)
+
+
+def test_float8_files_load_and_run_without_a_dtype(tiny_state_dict, tiny_config, reference_output):
+    """dtype=None keeps what the file stores, which for float8 weights no kernel computes in ("silu_cpu" not
+    implemented for Float8, at the first step)."""
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() and v.ndim > 1 else v
+           for k, v in tiny_state_dict.items()}
+    model = dc.load_model(fp8, config=tiny_config, dtype=None)
+    assert model.unet.dtype == torch.float32
+    output = unet_output(model)
+    assert torch.isfinite(output).all() and 0 < (output - reference_output).abs().mean() < reference_output.std()
+
+
+def test_a_huge_stride_0_scale_arr_costs_nothing(tiny_state_dict, tiny_config):
+    """A file may declare any size for a tensor it stores once (a stride-0 view): 1e12 values here, 4 TB as float32
+    if the loader materialised it (3e9 took 12 GB)."""
+    base = torch.tensor([0.3], dtype=torch.float64)  # any dtype but float32, which .float() would not copy
+    huge = {**tiny_state_dict, "scale_arr": base.expand(10 ** 12)}
+    model = dc.load_model(huge, config=tiny_config)
+    assert model.variant == "1024"
+
+
+@pytest.mark.parametrize("timesteps", [100_000_000, 1e8, 0])
+def test_a_configuration_cannot_ask_for_a_huge_noise_schedule(tiny_state_dict, tiny_config, timesteps):
+    """The schedule's arrays have `timesteps` entries: 1e8 of them took 4.5 GB before anything was checked."""
+    config = json.loads(json.dumps(tiny_config))
+    config["params"]["timesteps"] = timesteps
+    with pytest.raises(dc.ConfigError, match=rf"timesteps {timesteps!r} is out of range: .* 1 to 10000 steps"):
+        dc.load_model(tiny_state_dict, config=config)
