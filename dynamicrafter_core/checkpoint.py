@@ -45,7 +45,6 @@ IGNORED = SCHEDULE_BUFFERS + (
     "embedder.model.visual.proj")
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -253,8 +252,8 @@ def sidecar_config(path: Path) -> Optional[Path]:
 # Loading
 
 
-def _expected(module: nn.Module) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in module.state_dict(keep_vars=True).items()}
+def _expected(module: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(module.state_dict(keep_vars=True))
 
 
 def _fill(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str,
@@ -277,21 +276,21 @@ def _fill(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, name
             f"{what} has `{prefix + extra[0]}`{more}, which the configuration does not have. "
             f"The file looks like {guess}. {cfg_note}")
     tensors = {}
-    for local, shape in expected.items():
+    for local, wanted in expected.items():
         key = prefix + local
         tensor = sd[names[key]]
-        if tuple(tensor.shape) != tuple(shape):
+        if tuple(tensor.shape) != tuple(wanted.shape):
             raise CheckpointError(
-                f"{what}: `{key}` has shape {list(tensor.shape)} in the file, but {list(shape)} is expected. "
+                f"{what}: `{key}` has shape {list(tensor.shape)} in the file, but {list(wanted.shape)} is expected. "
                 f"The file looks like {guess}. {cfg_note}")
-        if not tensor.is_floating_point():
+        if wanted.is_floating_point() and not tensor.is_floating_point():
             raise CheckpointError(
                 f"{what}: `{key}` holds {str(tensor.dtype).replace('torch.', '')} values, but DynamiCrafter's weights "
                 "are floating point (float32, float16 or bfloat16): this looks like an integer-quantised file, which "
                 "this loader does not read. Use the released checkpoint or a float16/bfloat16 conversion of it.")
         # always a copy: a tensor left memory-mapped would tie the model to the file, and replacing or truncating the
         # file while it is loaded (a re-download, a copy over the same name) would then corrupt it or kill the process
-        tensors[local] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() and dtype else tensor.dtype,
+        tensors[local] = tensor.to(device=device, dtype=dtype if dtype and tensor.is_floating_point() else tensor.dtype,
                                    copy=True)
     target.load_state_dict(tensors, strict=True, assign=True)
 
