@@ -7,9 +7,11 @@ MLP, and `IGNORED` lists what the original also loads but never uses.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
@@ -130,12 +132,13 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
         except Exception as e:  # safetensors raises its own error types for every kind of damage
             raise CheckpointError(f"{path.name} cannot be read as safetensors ({e}). {damaged}") from e
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot mmap
+        with _torch_load_path(path) as load_path:
+            try:
+                obj = torch.load(load_path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(load_path, map_location="cpu", weights_only=True)  # legacy format cannot mmap
     except Exception as e:  # torch.load reports damage and refusals with many exception types
         # torch's own text advises loading with weights_only=False, which would run the file's code: quote its cause
         if isinstance(e, pickle.UnpicklingError) and "weights only load failed" in str(e).lower():
@@ -146,6 +149,19 @@ def read_state_dict(path: Union[str, Path]) -> StateDict:
         raise CheckpointError(f"{path.name} cannot be read as a PyTorch checkpoint ({_torch_cause(e)}). {damaged}") \
             from e
     return _unwrap(obj, path)
+
+
+@contextlib.contextmanager
+def _torch_load_path(path: Path):
+    """A name torch.load reads as a PyTorch file: newer PyTorch hands any path ending in .safetensors to safetensors,
+    so a torch.save file under that name is loaded through a link named otherwise (mmap needs a path, not a file)."""
+    if not str(path).endswith(".safetensors"):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        link = Path(folder) / "checkpoint.ckpt"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 def _torch_cause(error: Exception) -> str:
@@ -239,9 +255,12 @@ def detect_variant(keys: Iterable[str], scale_arr: Optional[torch.Tensor] = None
     return family, how
 
 
+SIDECAR_SUFFIXES = (".yaml", ".yml", ".json", ".config.json")
+
+
 def sidecar_config(path: Path) -> Optional[Path]:
-    """A fine-tune's own config next to it: same stem, .yaml / .yml (original format) or .json."""
-    for suffix in (".yaml", ".yml", ".json"):
+    """A fine-tune's own config next to it: same stem, .yaml / .yml (original format), .json or .config.json."""
+    for suffix in SIDECAR_SUFFIXES:
         candidate = path.with_suffix(suffix)
         if candidate.is_file():
             return candidate
@@ -333,8 +352,11 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
         config, how = side, f"{how}; configuration from {side.name}"
     if config is None:
         cfg = VARIANT_CONFIGS[found]
-        cfg_note = (f"It was checked against the released {found} configuration; if it is a fine-tune with its own "
-                    "inference yaml, put the yaml next to the file under the same name.")
+        looked = ", ".join(path.with_suffix(s).name for s in SIDECAR_SUFFIXES) if path else "none (a state dict)"
+        cfg_note = (f"It was checked against the released {found} configuration, as no configuration was given or "
+                    f"found beside it (looked for {looked}"
+                    f"{' in ' + str(path.parent) if path else ''}); if it is a fine-tune with its own inference yaml, "
+                    "put the yaml next to the file under one of those names, or pass it as the configuration.")
     else:
         cfg = config if isinstance(config, ModelConfig) else from_original(config)
         cfg_note = "It was checked against the given configuration: check that the two belong together."
