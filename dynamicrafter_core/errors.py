@@ -21,6 +21,10 @@ class InputError(DynamiCrafterError):
     """A bad image, prompt or sampler setting."""
 
 
+class NumericalError(DynamiCrafterError):
+    """A network produced NaN or Inf from finite inputs: damaged weights, or an overflow in half precision."""
+
+
 class MissingEncoderError(DynamiCrafterError):
     """The checkpoint was pruned of a CLIP tower that the requested operation needs."""
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .config import SAMPLING_DEFAULTS, ModelConfig, SamplingDefaults
 from .context import ImageEncoder, QueryTransformer, TextEncoder
-from .errors import InputError, MissingEncoderError
+from .errors import InputError, MissingEncoderError, NumericalError
 from .sampler import NoiseSchedule
 from .unet import UNet
 from .vae import AutoencoderKL, sample_posterior
@@ -23,6 +23,15 @@ def weights_device(network: nn.Module) -> torch.device:
     a host that streams weights (ComfyUI's Dynamic VRAM keeps large layers in host memory and copies them per call)
     names the device to run on, because there the weights' device says nothing about it."""
     return next(network.parameters()).device
+
+
+def check_finite(what: str, tensors, cause: str) -> None:
+    """Refuse NaN / Inf where a network's input or output must be real numbers: they would spread to every frame and
+    be written as black without a word. `cause` says what to do about it."""
+    for tensor in tensors:
+        if tensor is not None and not torch.isfinite(tensor).all():
+            bad = (~torch.isfinite(tensor)).sum().item()
+            raise NumericalError(f"{what} hold {bad} NaN or Inf values of {tensor.numel()}: {cause}")
 
 
 class DynamiCrafter(nn.Module):
@@ -117,7 +126,10 @@ class DynamiCrafter(nn.Module):
         vae = self.vae
         dev, dtype = device or weights_device(vae), vae.dtype
         mean, std = zip(*(vae.encode(images[i:i + 1].to(dev, dtype)) for i in range(images.shape[0])))
-        return torch.cat(mean).float(), torch.cat(std).float()
+        mean, std = torch.cat(mean).float(), torch.cat(std).float()
+        check_finite("the VAE encoder's latents", [mean, std], f"its weights are damaged, or it overflowed in "
+                     f"{str(dtype).replace('torch.', '')}; load it in bfloat16 or float32")
+        return mean, std
 
     def sample_latents(self, posterior: tuple[torch.Tensor, torch.Tensor], noise: Optional[torch.Tensor] = None,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -143,8 +155,12 @@ class DynamiCrafter(nn.Module):
             latents = latents.transpose(1, 2).reshape(b * t, c, h, w)
         vae = self.vae
         dev, dtype = device or weights_device(vae), vae.dtype
+        check_finite("the latents to decode", [latents], "the sampler that made them failed")
         z = latents / self.config.scale_factor
         frames = torch.cat([vae.decode(z[i:i + chunk].to(dev, dtype)).float() for i in range(0, z.shape[0], chunk)])
+        check_finite("the VAE decoder's frames", [frames], f"its weights are damaged, or it overflowed in "
+                     f"{str(dtype).replace('torch.', '')}; load it in bfloat16 or float32 (in ComfyUI: do not start "
+                     "it with --fp16-vae)")
         if video:
             frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
         return frames

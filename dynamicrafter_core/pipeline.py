@@ -10,15 +10,17 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
-from .errors import InputError
-from .model import DynamiCrafter, weights_device
-from .sampler import (SPACINGS, StepCallback, check_eta, check_steps, ddim_timesteps, guided_denoiser,
-                      sample_ddim)
+from .errors import InputError, NumericalError
+from .model import DynamiCrafter, check_finite, weights_device
+from .sampler import SPACINGS, StepCallback, ddim_timesteps, guided_denoiser, sample_ddim
+from .settings import (check_eta, check_fs, check_frames, check_guidance, check_prompt, check_seed,
+                       check_steps)
 
 MODES = ("i2v", "interp", "loop")
 FITS = ("crop", "pad", "stretch")
@@ -41,6 +43,9 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
+    check_guidance(cfg, guidance_rescale, image_cfg)
+    if fs is not None:
+        check_fs(fs)
     if spacing not in SPACINGS:
         raise InputError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
     if concat.ndim != 5:
@@ -75,10 +80,24 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     ctx = context.to(dev)
     unc = uncond_context.to(dev) if uncond_context is not None else None
     tunc = text_uncond_context.to(dev) if text_uncond_context is not None else None
+    check_finite("the context (the prompt's and the image's encodings)", [ctx, unc, tunc],
+                 "the text or image encoder's weights are damaged, or it overflowed in float16")
+    check_finite("the visual detail guidance latents", [concat],
+                 "the VAE encoder's weights are damaged, or it overflowed in float16")
     denoiser = guided_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
     timesteps = ddim_timesteps(steps, spacing, model.schedule.num_timesteps)
+
+    def watch(step: dict) -> None:
+        # a NaN spreads to every frame and is written as black: stop at the step where it appeared, and say so
+        if not torch.isfinite(step["x"]).all():
+            raise NumericalError(
+                f"the UNet produced NaN or Inf at step {step['i'] + 1} of {len(timesteps)}: its weights are damaged, "
+                f"or {str(unet.dtype).replace('torch.', '')} overflowed; load the model in bfloat16 or float32")
+        if callback is not None:
+            callback(step)
+
     with torch.no_grad():
-        return sample_ddim(denoiser, x, model.schedule, timesteps, eta, noise, callback)
+        return sample_ddim(denoiser, x, model.schedule, timesteps, eta, noise, watch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,8 +129,24 @@ def load_image(path) -> torch.Tensor:
 
 
 def as_rgb(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) with C = 1 (grayscale), 3, or 4 (alpha dropped) -> (B, 3, H, W), contiguous (a ComfyUI IMAGE
-    arrives channels-last, and convolutions round differently on that layout: a seed must give one video)."""
+    """(B, C, H, W) with C = 1 (grayscale), 3, or 4 (alpha dropped) in [-1, 1], or uint8 in 0..255 -> (B, 3, H, W)
+    float in [-1, 1], contiguous (a ComfyUI IMAGE arrives channels-last, and convolutions round differently on that
+    layout: a seed must give one video)."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"an image batch must be a torch.Tensor (batch, channels, height, width) in [-1, 1]; got a "
+                         f"{type(images).__name__}. Read files with dynamicrafter_core.pipeline.load_image; an "
+                         "(H, W, 3) uint8 array becomes one with torch.from_numpy(array).permute(2, 0, 1)[None]")
+    if images.dtype == torch.uint8:
+        images = images.float() / 127.5 - 1.0
+    elif not images.is_floating_point():
+        raise InputError(f"image values must be floats in [-1, 1] or uint8 in 0..255; got {images.dtype}")
+    bad = (~torch.isfinite(images)).sum().item()
+    if bad:
+        raise InputError(f"the image holds {bad} NaN or infinite values; give an image with real pixel values")
+    low, high = images.aminmax() if images.numel() else (torch.tensor(0.0), torch.tensor(0.0))
+    if low < -1.001 or high > 1.001:  # a little slack for resampling round-off
+        raise InputError(f"image values range from {low.item():g} to {high.item():g}, but [-1, 1] is expected: an "
+                         "image in 0..255 is a uint8 tensor, or divide it by 127.5 and subtract 1")
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:
@@ -124,12 +159,18 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
     return (images.expand(-1, 3, -1, -1) if c == 1 else images[:, :3]).contiguous()
 
 
+def check_side(name: str, value) -> None:
+    """`height` or `width` of the video: a multiple of 64 from 64 to 4096."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 64 <= value <= 4096 or value % 64:
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        nearest = min(4096, max(64, int(round(value / 64)) * 64)) if finite else 512
+        raise InputError(f"{name} {value!r} is not a multiple of 64 from 64 to 4096: the UNet halves the latent grid "
+                         f"(1/8 of the pixels) three times. Use {nearest}.")
+
+
 def check_size(height: int, width: int) -> None:
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < 64 or value % 64:
-            nearest = max(64, int(round(value / 64)) * 64) if isinstance(value, (int, float)) else 512
-            raise InputError(f"{name} {value!r} is not a positive multiple of 64: the UNet halves the latent grid "
-                             f"(1/8 of the pixels) three times. Use {nearest}.")
+    check_side("height", height)
+    check_side("width", width)
 
 
 def fit_image(images: torch.Tensor, height: int, width: int, fit: str = "crop") -> torch.Tensor:
@@ -197,6 +238,8 @@ def text_image_context(text: torch.Tensor, negative_text: torch.Tensor, image_to
 def encode_image_context(model: DynamiCrafter, image: torch.Tensor, prompt: str = "",
                          negative_prompt: str = "") -> Conditioning:
     """The text-aligned image context of `image` (B, 3, H, W) in [-1, 1] (the frame as the video will show it)."""
+    check_prompt("prompt", prompt)
+    check_prompt("negative_prompt", negative_prompt)
     image = as_rgb(image)
     text = model.encode_text([prompt, negative_prompt])
     tokens = model.project_image(model.encode_image(torch.cat([image, torch.zeros_like(image[:1])])))
@@ -244,8 +287,8 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
         raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
-    if not isinstance(frames, int) or frames < 2:
-        raise InputError(f"frames must be a whole number of at least 2; got {frames!r}")
+    check_frames(frames)
+    check_seed(seed)
     d = model.defaults
     steps = d.steps if steps is None else steps
     cfg, eta = d.cfg if cfg is None else cfg, d.eta if eta is None else eta
@@ -253,6 +296,10 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     guidance_rescale = d.guidance_rescale if guidance_rescale is None else guidance_rescale
     check_steps(steps)
     check_eta(eta)
+    check_guidance(cfg, guidance_rescale, image_cfg)
+    check_fs(fs)
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        check_prompt(name, text)
     if spacing not in SPACINGS:
         raise InputError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
     height, width = height or model.config.resolution[0], width or model.config.resolution[1]

@@ -24,6 +24,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import InputError
+from .settings import check_eta, check_steps
 
 SPACINGS = ("uniform", "uniform_trailing")
 
@@ -95,16 +96,6 @@ def ddim_timesteps(steps: int, spacing: str = "uniform_trailing", num_timesteps:
 
 def _uniform(steps: int, num_timesteps: int) -> np.ndarray:
     return np.arange(0, num_timesteps, num_timesteps // steps) + 1
-
-
-def check_steps(steps, num_timesteps: int = 1000) -> None:
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= num_timesteps:
-        raise InputError(f"steps must be a whole number from 1 to {num_timesteps}; got {steps!r}")
-
-
-def check_eta(eta) -> None:
-    if not isinstance(eta, (int, float)) or not np.isfinite(eta) or eta < 0:
-        raise InputError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: the original's default); got {eta!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
