@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import VARIANTS
-from .errors import DynamiCrafterError, ModelFileNotFoundError
+from .errors import DynamiCrafterError, InputError, ModelFileNotFoundError
 from .sampler import SPACINGS
 from .weights import RELEASED, download, find_checkpoint, missing_message
 
@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="other aspect ratios: crop the centre (default), pad with black, or stretch")
         p.add_argument("--fps", type=float, default=8.0, help="playback rate of the written video (default 8)")
         p.add_argument("--device", default="auto", help="cuda, cpu, mps... (default: cuda if available)")
-        p.add_argument("--dtype", default="auto", choices=DTYPES, help="compute dtype (auto: bf16/fp16 on GPU, fp32 "
-                                                                       "on CPU)")
+        p.add_argument("--dtype", default="auto", choices=DTYPES,
+                       help="compute dtype (auto: bf16 on GPUs that have it, else fp16, fp32 on the CPU); the VAE "
+                            "never runs in fp16, where it overflows (black frames): it takes fp32 then")
 
     common(sub.add_parser("animate", help="image to video"), "512")
     sub.choices["animate"].add_argument("image", type=Path)
@@ -78,12 +79,38 @@ def _device_and_dtype(device: str, dtype: str):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:  # no such device, or a torch built without it
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--device {device} cannot be used here ({reason}); use --device cpu, or leave --device "
+                         "out to take the GPU when there is one") from e
     if dtype == "auto":
         if device.startswith("cuda"):
             dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             dtype = "fp32"
     return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _check_settings(args) -> None:
+    """Every setting, before the (slow) model load, so a typo costs nothing."""
+    from .pipeline import check_side
+    from .settings import (check_cfg, check_eta, check_frames, check_fs, check_guidance_rescale, check_image_cfg,
+                           check_seed, check_steps)
+    from .video_io import output_format
+
+    check_seed(args.seed)
+    check_frames(args.frames)
+    for check, value in ((check_steps, args.steps), (check_eta, args.eta), (check_fs, args.fs),
+                         (check_cfg, args.cfg), (check_image_cfg, args.image_cfg),
+                         (check_guidance_rescale, args.guidance_rescale)):
+        if value is not None:  # unset: the model's default, known after loading
+            check(value)
+    for name, value in (("width", args.width), ("height", args.height)):
+        if value is not None:
+            check_side(name, value)
+    output_format(args.output, args.fps)
 
 
 def _checkpoint(args, mode: str) -> Path:
@@ -99,11 +126,11 @@ def _checkpoint(args, mode: str) -> Path:
 
 
 def run(args) -> Path:
+    import torch
     from tqdm import tqdm
 
     from .checkpoint import load_model
-    from .pipeline import animate, check_size, load_image
-    from .sampler import check_eta, check_steps
+    from .pipeline import animate, load_image
     from .video_io import write_video
 
     if args.command == "download":
@@ -114,23 +141,18 @@ def run(args) -> Path:
     end = getattr(args, "end", None)
     if args.command == "animate":
         mode = "loop" if args.loop else ("interp" if end is not None else "i2v")
-    # settings are checked before the (slow) model load, so a typo costs nothing
-    if args.steps is not None:
-        check_steps(args.steps)
-    if args.eta is not None:
-        check_eta(args.eta)
-    for side in (args.width, args.height):
-        if side is not None:
-            check_size(side, side)
+    _check_settings(args)
     image = load_image(args.image)
     end_image = load_image(end) if end is not None else None
-    path = _checkpoint(args, mode)
     device, dtype = _device_and_dtype(args.device, args.dtype)
+    path = _checkpoint(args, mode)
     # 512 and 512_interp weights look alike: asking for interpolation says which one the file is, unless told
     override = args.variant or (None if mode == "i2v" else "512_interp")
     print(f"loading {path} ...", file=sys.stderr)
     model = load_model(path, config=args.config, device=device, dtype=dtype,
                        variant=override if override in ("512", "512_interp") else None)
+    if dtype == torch.float16:
+        model.vae.float()  # as ComfyUI's nodes: this VAE overflows in fp16 (black frames)
     print(model.describe(), file=sys.stderr)
     steps = args.steps or model.defaults.steps
     with tqdm(total=steps, desc="sampling", unit="step") as bar:
@@ -152,6 +174,9 @@ def main(argv=None) -> int:
     except (DynamiCrafterError, ModelFileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130  # the shell's status for Ctrl-C
     return 0
 
 
