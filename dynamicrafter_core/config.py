@@ -273,6 +273,11 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     top.setdefault("rescale_betas_zero_snr", False)
     top.setdefault("use_dynamic_rescale", False)
     top.setdefault("perframe_ae", False)
+    if top.get("uncond_type", "empty_seq") != "empty_seq":
+        # the original's zero_embed takes zeros for the unconditional prompt; no released model uses it, and this
+        # implementation builds the unconditional branch from the (negative) prompt only
+        raise ConfigError(f"uncond_type {top['uncond_type']!r} is not supported: the unconditional branch is encoded "
+                          "from the empty (or negative) prompt, uncond_type 'empty_seq', as in every released model")
     steps = top.get("timesteps", 1000)
     if not isinstance(steps, int) or not 1 <= steps <= MAX_TIMESTEPS:  # the schedule's arrays are this long
         raise ConfigError(f"timesteps {steps!r} is out of range: the noise schedule takes a whole number of 1 to "

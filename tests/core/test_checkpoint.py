@@ -276,3 +276,11 @@ def test_a_configuration_cannot_ask_for_a_huge_noise_schedule(tiny_state_dict, t
     config["params"]["timesteps"] = timesteps
     with pytest.raises(dc.ConfigError, match=rf"timesteps {timesteps!r} is out of range: .* 1 to 10000 steps"):
         dc.load_model(tiny_state_dict, config=config)
+
+
+def test_a_configuration_asking_for_zero_embed_is_refused_by_name(tiny_state_dict, tiny_config):
+    """Its unconditional branch would differ from what this implementation samples: refused, not ignored."""
+    config = json.loads(json.dumps(tiny_config))
+    config["params"]["uncond_type"] = "zero_embed"
+    with pytest.raises(dc.ConfigError, match=r"uncond_type 'zero_embed' is not supported"):
+        dc.load_model(tiny_state_dict, config=config)
