@@ -195,13 +195,18 @@ class _Combiner(nn.Module):
 
 
 class _ReferenceCrossAttention(nn.Module):
+    """Each frame's features attend to both reference frames' (fusion, TOONCRAFTER.md §2.4): 8 heads of 64 whatever
+    the channel count, the query normalised, keys and values from the raw reference features."""
+    heads, dim_head = 8, 64
+
     def __init__(self, channels: int, ops=nn):
         super().__init__()
+        inner = self.heads * self.dim_head
         self.norm = ops.GroupNorm(32, channels, eps=1e-6)
-        self.to_q = ops.Linear(channels, channels, bias=False)
-        self.to_k = ops.Linear(channels, channels, bias=False)
-        self.to_v = ops.Linear(channels, channels, bias=False)
-        self.to_out = nn.Sequential(ops.Linear(channels, channels), nn.Identity())
+        self.to_q = ops.Linear(channels, inner, bias=False)
+        self.to_k = ops.Linear(channels, inner, bias=False)
+        self.to_v = ops.Linear(channels, inner, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(inner, channels), nn.Identity())
 
 
 class _TimeMixConv(nn.Module):
