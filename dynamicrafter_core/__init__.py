@@ -5,6 +5,7 @@ No ComfyUI import anywhere in this package; `nodes/` adapts it to ComfyUI.
 """
 from .checkpoint import detect_variant, load_model, read_state_dict
 from .config import SAMPLING_DEFAULTS, VARIANT_CONFIGS, VARIANTS, ModelConfig, from_original
+from .controlnet import ControlNet, ControlNetConfig, controlnet_config, load_controlnet
 from .errors import (CheckpointError, ConfigError, DynamiCrafterError, InputError, MissingEncoderError,
                      ModelFileNotFoundError)
 from .model import DynamiCrafter
@@ -17,5 +18,5 @@ __all__ = [
     "load_model", "read_state_dict", "detect_variant", "DynamiCrafter", "ModelConfig", "from_original", "VARIANTS",
     "VARIANT_CONFIGS", "SAMPLING_DEFAULTS", "animate", "sample", "ddim_timesteps", "sample_ddim", "guided_denoiser",
     "NoiseSchedule", "DynamiCrafterError", "CheckpointError", "ConfigError", "InputError", "MissingEncoderError",
-    "ModelFileNotFoundError",
+    "ModelFileNotFoundError", "load_controlnet", "ControlNet", "ControlNetConfig", "controlnet_config",
 ]

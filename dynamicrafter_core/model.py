@@ -146,21 +146,66 @@ class DynamiCrafter(nn.Module):
         return self.sample_latents(self.encode_posterior(images), noise, generator)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk: int = 1, device=None) -> torch.Tensor:
+    def encode_references(self, start: torch.Tensor, end: torch.Tensor, device=None) -> list[torch.Tensor]:
+        """ToonCrafter: the keyframes (B, 3, H, W) in [-1, 1] -> the five VAE encoder features its decoder fuses into
+        the video, each (B, C, 2, h, w), the start keyframe first (AutoencoderKL.encode_references)."""
+        if not self.config.vae.dual_reference:
+            raise InputError(f"encode_references is for ToonCrafter's dual-reference decoder; this model is "
+                             f"DynamiCrafter {self.variant}, whose decoder takes no keyframe features")
+        vae = self.vae
+        dev, dtype = device or weights_device(vae), vae.dtype
+        return vae.encode_references(start.to(dev, dtype), end.to(dev, dtype))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 1, device=None, references: Optional[list] = None,
+                       redecode: Optional[bool] = None) -> torch.Tensor:
         """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames at a time.
-        Unclamped."""
-        video = latents.ndim == 5
-        if video:
-            b, c, t, h, w = latents.shape
-            latents = latents.transpose(1, 2).reshape(b * t, c, h, w)
+        Unclamped.
+
+        ToonCrafter (B, 4, T, h, w): each video in one pass of its decoder, whose temporal layers and keyframe
+        features (`references`, from encode_references) see all T frames; then, unless `redecode` is False, the
+        original's substitution of the two middle frames (T >= 4)."""
         vae = self.vae
         dev, dtype = device or weights_device(vae), vae.dtype
         check_finite("the latents to decode", [latents], "the sampler that made them failed")
-        z = latents / self.config.scale_factor
-        frames = torch.cat([vae.decode(z[i:i + chunk].to(dev, dtype)).float() for i in range(0, z.shape[0], chunk)])
+        z = (latents / self.config.scale_factor).to(dev, dtype)
+        if self.config.vae.dual_reference:
+            frames = self._decode_video(z, references, redecode is not False)
+        else:
+            if references is not None:
+                raise InputError(f"references are keyframe features for ToonCrafter's decoder; this model is "
+                                 f"DynamiCrafter {self.variant}, whose decoder takes none")
+            video = z.ndim == 5
+            if video:
+                b, c, t, h, w = z.shape
+                z = z.transpose(1, 2).reshape(b * t, c, h, w)
+            frames = torch.cat([vae.decode(z[i:i + chunk]).float() for i in range(0, z.shape[0], chunk)])
+            if video:
+                frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
         check_finite("the VAE decoder's frames", [frames], f"its weights are damaged, or it overflowed in "
                      f"{str(dtype).replace('torch.', '')}; load it in bfloat16 or float32 (in ComfyUI: do not start "
                      "it with --fp16-vae)")
-        if video:
-            frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
+        return frames
+
+    def _decode_video(self, z: torch.Tensor, references: Optional[list], redecode: bool) -> torch.Tensor:
+        """ToonCrafter: (B, 4, T, h, w) scaled-back latents -> (B, 3, T, H, W) float32."""
+        if z.ndim != 5:
+            raise InputError(f"ToonCrafter decodes whole videos: latents (batch, 4, frames, h, w), got shape "
+                             f"{tuple(z.shape)}")
+        if references is not None:
+            references = [r.to(z) for r in references]
+
+        def one_pass(latents):
+            b, c, t, h, w = latents.shape
+            frames = self.vae.decode(latents.transpose(1, 2).reshape(b * t, c, h, w), references, frames=t)
+            return frames.float().unflatten(0, (b, t)).transpose(1, 2)
+
+        frames = one_pass(z)
+        t = z.shape[2]
+        if redecode and t >= 4:
+            # The original decodes the latents again without the second and the second-to-last frame, and takes
+            # the two middle frames from that shorter video (scripts/evaluation/inference.py, TOONCRAFTER.md §2.6).
+            keep = [i for i in range(t) if i not in (1, t - 2)]
+            middle = one_pass(z[:, :, keep])
+            frames[:, :, t // 2 - 1:t // 2 + 1] = middle[:, :, t // 2 - 2:t // 2]
         return frames

@@ -16,11 +16,14 @@ from typing import Optional, Union
 
 import torch
 
+from .controlnet import LATENT_SCALE, ControlNet, check_hint
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .sampler import SPACINGS, StepCallback, ddim_timesteps, guided_denoiser, sample_ddim
-from .settings import (check_eta, check_fs, check_frames, check_guidance, check_prompt, check_seed,
+from .settings import (check_eta, check_fs, check_frames, check_guidance, check_number, check_prompt, check_seed,
                        check_steps)
+
+DEFAULT_CONTROL_SCALE = 0.6  # the sketch fork's default (its gradio app); it offers 0 to 1
 
 MODES = ("i2v", "interp", "loop")
 FITS = ("crop", "pad", "stretch")
@@ -32,7 +35,9 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
            x_T: Optional[torch.Tensor] = None, step_noise: Optional[torch.Tensor] = None,
            generator: Optional[torch.Generator] = None, image_cfg: Optional[float] = None,
            text_uncond_context: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None,
-           batch_branches: bool = True, device: Union[str, torch.device, None] = None) -> torch.Tensor:
+           batch_branches: bool = True, device: Union[str, torch.device, None] = None,
+           control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
+           control_scale: float = DEFAULT_CONTROL_SCALE) -> torch.Tensor:
     """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
 
     context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
@@ -40,6 +45,10 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     seed gives the same video on every device).
     image_cfg + text_uncond_context: the three-branch guidance with its own image scale.
     device: where to sample (default: where the UNet's first layer is; a host that loads the UNet partially says).
+    control + hint: ToonCrafter's sketch guidance, a ControlNet (`load_controlnet`) and one drawing per frame,
+    (B or 1, 1, T, 8h, 8w) in [0, 1], white lines on black. At every step, in every guidance branch, the ControlNet
+    sees the noisy latents x_t, the hint, t and that branch's context, and its residuals enter that branch's UNet call
+    times `control_scale` (0 to 2; 0 gives the video without the sketch; the sketch fork's default is 0.6).
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
@@ -56,6 +65,10 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     b, c, t, h, w = concat.shape
     shape = (b, model.config.unet.out_channels, t, h, w)
     dev = torch.device(device) if device is not None else model.device
+    check_control(model, control, hint, control_scale, context, concat, dev if device is None else None)
+    guide = control is not None and control_scale != 0  # scale 0: exactly the video without the sketch
+    if guide:
+        hint = hint.to(dev).expand(b, -1, -1, -1, -1)
     if fs is None:
         fs = model.defaults.fs
     fs = torch.as_tensor(fs, dtype=torch.long).reshape(-1).expand(b).to(dev)
@@ -75,7 +88,11 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
         n = x.shape[0] // b
         xc = torch.cat([x, concat.repeat(n, 1, 1, 1, 1)], dim=1)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
-        return unet(xc, tt, ctx, fs.repeat(n))
+        if not guide:
+            return unet(xc, tt, ctx, fs.repeat(n))
+        # the sketch fork's apply_model: the ControlNet on x_t (not the concat), each branch with its own context
+        residuals = control(x, hint.repeat(n, 1, 1, 1, 1), tt, ctx)
+        return unet(xc, tt, ctx, fs.repeat(n), control=residuals, control_scale=control_scale)
 
     ctx = context.to(dev)
     unc = uncond_context.to(dev) if uncond_context is not None else None
@@ -98,6 +115,43 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
 
     with torch.no_grad():
         return sample_ddim(denoiser, x, model.schedule, timesteps, eta, noise, watch)
+
+
+def check_control(model: DynamiCrafter, control, hint, control_scale, context: torch.Tensor, concat: torch.Tensor,
+                  device: Optional[torch.device]) -> None:
+    """Refuse sketch-guidance inputs that do not fit the video or the model, before any work. `device`: where the
+    ControlNet's weights must be (None: not checked, a host that streams weights names the device itself)."""
+    if control is None:
+        if hint is not None:
+            raise InputError("a sketch hint was given without a ControlNet to read it; pass control=load_controlnet("
+                             "'sketch_encoder.ckpt'), or leave the hint out")
+        return
+    if not isinstance(control, ControlNet):
+        raise InputError(f"control must be a ControlNet from dynamicrafter_core.load_controlnet; got "
+                         f"{type(control).__name__}")
+    if model.variant != "tooncrafter":
+        raise InputError(f"sketch guidance is ToonCrafter's (its sketch_encoder was trained with it); the loaded model "
+                         f"is DynamiCrafter {model.variant}. Load tooncrafter_512_interp_v1.ckpt, or leave the "
+                         "ControlNet and the sketches out")
+    if hint is None:
+        raise InputError("a ControlNet was given without a sketch hint; pass hint=(batch, 1, frames, height, width) "
+                         "in [0, 1], one drawing per frame")
+    check_number("control_scale", control_scale, 0.0, 2.0,
+                 "how strongly the sketch steers the video; 0 ignores it, the sketch fork uses 0.6")
+    b, _, frames, h, w = concat.shape
+    cfg = control.cfg
+    check_hint(hint, b, frames, h * LATENT_SCALE, w * LATENT_SCALE, cfg.hint_channels)
+    if context.shape[-1] != cfg.context_dim:
+        raise InputError(f"the ControlNet reads a context {cfg.context_dim} wide, but this model's is "
+                         f"{context.shape[-1]}: the ControlNet belongs to another model")
+    skips = getattr(model.unet, "skip_channels", None)
+    if skips is not None and tuple(cfg.residual_channels) != tuple(skips) + skips[-1:]:
+        raise InputError(f"the ControlNet's residuals have {list(cfg.residual_channels)} channels but the UNet's "
+                         f"skip connections and middle block have {list(skips) + [skips[-1]]}: the ControlNet "
+                         "belongs to another model")
+    if device is not None and weights_device(control) != device:
+        raise InputError(f"the ControlNet is on {weights_device(control)} but sampling runs on {device}; load it "
+                         f"with device={str(device)!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,11 +326,15 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             cfg: Optional[float] = None, eta: Optional[float] = None, fs: Optional[int] = None,
             guidance_rescale: Optional[float] = None, spacing: Optional[str] = None, seed: int = 123,
             image_cfg: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
-            fit: str = "crop", callback: Optional[StepCallback] = None, low_memory: bool = False) -> torch.Tensor:
+            fit: str = "crop", callback: Optional[StepCallback] = None, low_memory: bool = False,
+            control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
+            control_scale: float = 0.6) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
     mode: "i2v" (image to video), "interp" (start -> end_image), "loop" (start -> start, the repeated last frame
     dropped). Unset sampler settings take the variant's defaults (the original scripts' values).
+    ToonCrafter interpolates only ("interp" or "loop"); its decoder takes the keyframes' encoder features, and
+    `control` (load_controlnet) with `hint` (B, 1, T, H, W) in [0, 1], one sketch per frame, guides it by sketches.
     low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
     and run the guidance branches one after the other. The same video, with less GPU memory and some transfers."""
     if mode not in MODES:
@@ -287,6 +345,10 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
         raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
+    if mode == "i2v" and model.variant == "tooncrafter":
+        raise InputError("ToonCrafter interpolates between two keyframes: give an end image (mode 'interp') or use "
+                         "mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
+                         "(dynamicrafter_512_v1.ckpt)")
     check_frames(frames)
     check_seed(seed)
     d = model.defaults
@@ -325,12 +387,14 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     latent_start = model.encode_latents(start, generator=generator)
     latent_end = model.encode_latents(end, generator=generator) if end is not None else None
     concat = visual_detail_guidance(latent_start, frames, latent_end)
+    references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:
         model.place("sample", home)
     latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=cfg, eta=eta,
                      guidance_rescale=guidance_rescale, spacing=spacing, fs=fs, generator=generator,
                      image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback,
-                     batch_branches=not low_memory)
+                     batch_branches=not low_memory, control=control, hint=hint, control_scale=control_scale)
+    video = model.decode_latents(latents, references=references)
     if mode == "loop":
-        latents = latents[:, :, :-1]  # the last frame repeats the first
-    return frames_to_images(model.decode_latents(latents))
+        video = video[:, :, :-1]  # the last frame repeats the first (the original drops it after decoding)
+    return frames_to_images(video)

@@ -12,7 +12,7 @@ then the transformers' (B*T, H*W, C) tokens are a view of it rather than a copy.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import UNetConfig
+from .errors import InputError
 
 TEXT_TOKENS = 77
 IMAGE_TOKENS_PER_FRAME = 16  # the original hard-codes this when it decides whether to split the context per frame
@@ -87,11 +88,17 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: Optional[int] = None,
-                 image_context: bool = False, learnable_gate: bool = False, ops=nn):
+                 image_context: bool = False, learnable_gate: bool = False, ops=nn, whole_context: bool = False):
         super().__init__()
+        if image_context and whole_context:
+            raise ValueError("the dual cross-attention splits the context into text and image tokens; it cannot "
+                             "also attend to the whole context")
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
+        # whole_context: attend to every context token as one sequence (Stable Diffusion's attention, which the sketch
+        # ControlNet uses) instead of DynamiCrafter's first TEXT_TOKENS
+        self.whole_context = whole_context
         self.to_q = ops.Linear(query_dim, inner, bias=False)
         self.to_k = ops.Linear(context_dim, inner, bias=False)
         self.to_v = ops.Linear(context_dim, inner, bias=False)
@@ -107,7 +114,7 @@ class CrossAttention(nn.Module):
         q = self.to_q(x)
         if context is None:
             return self.to_out(attention(q, self.to_k(x), self.to_v(x), self.heads))
-        text = context[:, :TEXT_TOKENS]
+        text = context if self.whole_context else context[:, :TEXT_TOKENS]
         out = attention(q, self.to_k(text), self.to_v(text), self.heads)
         if self.image_context:
             image = context[:, TEXT_TOKENS:]
@@ -123,11 +130,12 @@ class BasicTransformerBlock(nn.Module):
     """x + attn1(LN x); x + attn2(LN x, context); x + FF(LN x)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: Optional[int] = None,
-                 image_context: bool = False, learnable_gate: bool = False, ops=nn):
+                 image_context: bool = False, learnable_gate: bool = False, ops=nn, whole_context: bool = False):
         super().__init__()
         self.attn1 = CrossAttention(dim, heads, dim_head, ops=ops)
         self.ff = FeedForward(dim, ops=ops)
-        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim, image_context, learnable_gate, ops=ops)
+        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim, image_context, learnable_gate, ops=ops,
+                                    whole_context=whole_context)
         self.norm1 = ops.LayerNorm(dim)
         self.norm2 = ops.LayerNorm(dim)
         self.norm3 = ops.LayerNorm(dim)
@@ -139,15 +147,18 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Per-frame transformer over the H*W tokens, cross-attending to text and per-frame image context."""
+    """Per-frame transformer over the H*W tokens, cross-attending to text and per-frame image context
+    (`whole_context`: to the whole context as one sequence, as Stable Diffusion's does)."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, learnable_gate: bool, ops=nn):
+    def __init__(self, channels: int, heads: int, dim_head: int, context_dim: int, learnable_gate: bool, ops=nn,
+                 whole_context: bool = False):
         super().__init__()
         inner = heads * dim_head
         self.norm = ops.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = ops.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList([
-            BasicTransformerBlock(inner, heads, dim_head, context_dim, True, learnable_gate, ops=ops)])
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, not whole_context, learnable_gate, ops=ops,
+                                  whole_context=whole_context)])
         self.proj_out = ops.Linear(inner, channels)
 
     def forward(self, x, context, ff_tokens: Optional[int] = None):
@@ -317,7 +328,12 @@ class UNetBlock(nn.ModuleList):
 
 
 class UNet(nn.Module):
-    """The 3D UNet. forward(x (B, 8, T, h, w), t (B,), context (B, L, D), fs (B,)) -> (B, 4, T, h, w)."""
+    """The 3D UNet. forward(x (B, 8, T, h, w), t (B,), context (B, L, D), fs (B,)) -> (B, 4, T, h, w).
+
+    With `control` (a ControlNet's residuals, each (B, C_k, T, h_k, w_k)): residual k times `control_scale` is added
+    to skip k (skips numbered in the order the input blocks produce them, 0 after init_attn) where the output blocks
+    take it, and the last residual times `control_scale` to the middle block's output (as the sketch fork's
+    ControlledUnetModel, mattyamonaca/ToonCrafter_with_SketchGuidance `cldm/cldm.py`)."""
 
     def __init__(self, cfg: UNetConfig, ops=nn):
         super().__init__()
@@ -352,6 +368,7 @@ class UNet(nn.Module):
                 self.input_blocks.append(UNetBlock([Downsample(ch, ops=ops)]))
                 skip_channels.append(ch)
                 ds *= 2
+        self.skip_channels = tuple(skip_channels)  # what a ControlNet's residuals 0 .. n-1 must match
 
         middle = [ResBlock(ch, emb_dim, ch, cfg.temporal_conv, ops=ops),
                   SpatialTransformer(ch, ch // hc, hc, cfg.context_dim, gate, ops=ops)]
@@ -403,8 +420,34 @@ class UNet(nn.Module):
             return torch.cat([text, image], dim=1)
         return context.repeat_interleave(frames, dim=0)
 
+    def control_residuals(self, control: Sequence[torch.Tensor], scale: float, batch_size: int,
+                          frames: int) -> list[torch.Tensor]:
+        """A ControlNet's residuals (B, C, T, h, w) as scaled (B*T, C, h, w) tensors in the compute dtype; the
+        count is checked here, each shape where it is added."""
+        expected = len(self.skip_channels) + 1
+        if len(control) != expected:
+            raise InputError(f"the UNet takes {expected} ControlNet residuals (one per skip connection and one for "
+                             f"the middle block), got {len(control)}; the ControlNet was made for another UNet")
+        out = []
+        for k, r in enumerate(control):
+            if r.ndim != 5 or r.shape[0] != batch_size or r.shape[2] != frames:
+                raise InputError(f"ControlNet residual {k} has shape {tuple(r.shape)}; (batch {batch_size}, "
+                                 f"channels, {frames} frames, height, width) is expected")
+            flat = r.transpose(1, 2).reshape(batch_size * frames, r.shape[1], r.shape[3], r.shape[4])  # (BT, C, h, w)
+            out.append((flat * scale).to(self.dtype))
+        return out
+
+    @staticmethod
+    def _add_residual(hidden: torch.Tensor, residual: torch.Tensor, k: int) -> torch.Tensor:
+        if residual.shape != hidden.shape:
+            raise InputError(f"ControlNet residual {k} has {residual.shape[1]} channels of "
+                             f"{residual.shape[2]}x{residual.shape[3]}, where the UNet has {hidden.shape[1]} of "
+                             f"{hidden.shape[2]}x{hidden.shape[3]}: the ControlNet was made for another UNet")
+        return hidden + residual  # hidden first: the sum keeps its memory format
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                fs: Optional[torch.Tensor] = None) -> torch.Tensor:
+                fs: Optional[torch.Tensor] = None, control: Optional[Sequence[torch.Tensor]] = None,
+                control_scale: float = 1.0) -> torch.Tensor:
         b, _, frames, h, w = x.shape
         dtype = self.dtype
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
@@ -427,7 +470,14 @@ class UNet(nn.Module):
                 hidden = self.init_attn(hidden, emb, context, b, self.ff_tokens)
             skips.append(hidden)
         hidden = self.middle_block(hidden, emb, context, b, self.ff_tokens)
-        for block in self.output_blocks:
-            hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, b, self.ff_tokens)
+        if control is None:
+            for block in self.output_blocks:
+                hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, b, self.ff_tokens)
+        else:
+            residuals = self.control_residuals(control, control_scale, b, frames)
+            hidden = self._add_residual(hidden, residuals.pop(), len(residuals))
+            for block in self.output_blocks:
+                skip = self._add_residual(skips.pop(), residuals.pop(), len(residuals))
+                hidden = block(torch.cat([hidden, skip], dim=1), emb, context, b, self.ff_tokens)
         out = self.out[2](F.silu(group_norm_fp32(self.out[0], hidden)))
         return out.reshape(b, frames, -1, h, w).transpose(1, 2).to(x.dtype)

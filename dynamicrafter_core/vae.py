@@ -2,8 +2,8 @@
 
 Original: `lvdm/models/autoencoder.py` (`AutoencoderKL`) over `lvdm/modules/networks/ae_modules.py`, the usual
 LDM / Stable Diffusion VAE. Keys are the released ones (`encoder.down.N.block.M...`, `quant_conv`, ...).
-ToonCrafter's dual-reference decoder adds temporal layers and reference-feature fusion to the decoder; its layout is
-built here so that its checkpoint loads strictly, its forward pass is not implemented yet.
+ToonCrafter's dual-reference decoder (TOONCRAFTER.md §2) adds temporal layers to every decoder ResnetBlock and
+fuses the two keyframes' encoder features into the decoded video (`encode_references` gives them).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import VAEConfig
-from .errors import DynamiCrafterError
+from .unet import group_norm_fp32
 
 
 def _norm(ops, channels: int):
@@ -115,15 +115,22 @@ class Encoder(nn.Module):
         self.norm_out = _norm(ops, block_in)
         self.conv_out = ops.Conv2d(block_in, 2 * cfg.z_channels, 3, padding=1)
 
-    def forward(self, x):
-        h = self.conv_in(x)
+    def forward(self, x, hidden: Optional[list] = None):
+        """(B, 3, H, W) -> the posterior's moments (B, 2 z, H/8, W/8). `hidden`, when given, receives the features
+        ToonCrafter's decoder takes from the keyframes, in the original's order: each level's output before its
+        downsample, then the conv_in output."""
+        h = first = self.conv_in(x)
         for level in self.down:
             for i, block in enumerate(level.block):
                 h = block(h)
                 if len(level.attn):
                     h = level.attn[i](h)
+            if hidden is not None:
+                hidden.append(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
+        if hidden is not None:
+            hidden.append(first)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -167,12 +174,23 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ToonCrafter's dual-reference decoder: the layout (MODEL_SPEC §9), so that its checkpoint loads and is checked.
+# ToonCrafter's dual-reference decoder (TOONCRAFTER.md §2). It decodes a whole video at once: N = B * T frames of B
+# videos, `frames` = T per video; its temporal layers and reference injection see each video's frames together.
+
+
+def _as_video(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B*T, C, h, w) -> (B, C, T, h, w), a view."""
+    return x.unflatten(0, (-1, frames)).transpose(1, 2)
+
+
+def _as_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, h, w) -> (B*T, C, h, w)."""
+    return x.transpose(1, 2).flatten(0, 1)
 
 
 class _TimeStack(nn.Module):
-    """A 3D ResBlock without time embedding: in_layers (GN, SiLU, Conv3d (3,1,1)), out_layers (GN, SiLU, Dropout,
-    Conv3d)."""
+    """A 3D ResBlock without time embedding: x + out_layers(in_layers(x)), each (GroupNorm in float32 with eps 1e-5,
+    SiLU, Conv3d (3, 1, 1) zero-padded in time); out_layers has the original's (identity) dropout in slot 2."""
 
     def __init__(self, channels: int, ops=nn):
         super().__init__()
@@ -180,18 +198,40 @@ class _TimeStack(nn.Module):
         self.in_layers = nn.Sequential(ops.GroupNorm(32, channels), nn.SiLU(), conv())
         self.out_layers = nn.Sequential(ops.GroupNorm(32, channels), nn.SiLU(), nn.Identity(), conv())
 
+    def forward(self, x):
+        h = self.in_layers[2](F.silu(group_norm_fp32(self.in_layers[0], x)))
+        return x + self.out_layers[3](F.silu(group_norm_fp32(self.out_layers[0], h)))
+
 
 class _VideoResnetBlock(ResnetBlock):
+    """The spatial ResnetBlock, then its temporal stack over each video's frames, blended by sigmoid(mix_factor)."""
+
     def __init__(self, in_channels: int, out_channels: int, ops=nn):
         super().__init__(in_channels, out_channels, ops=ops)
         self.time_stack = _TimeStack(out_channels, ops=ops)
         self.mix_factor = nn.Parameter(torch.zeros(1))
 
+    def forward(self, x, frames: int):
+        spatial = _as_video(super().forward(x), frames)
+        alpha = torch.sigmoid(self.mix_factor.to(spatial))  # cast here: a host may leave it on another device
+        return _as_frames(alpha * self.time_stack(spatial) + (1.0 - alpha) * spatial)
+
 
 class _Combiner(nn.Module):
+    """Adds a 1x1 conv of the start keyframe's features to each video's first frame, the end keyframe's to its
+    last; no other frame is touched."""
+
     def __init__(self, channels: int, ops=nn):
         super().__init__()
         self.conv = ops.Conv2d(channels, channels, 1)
+
+    def forward(self, x, reference):
+        videos = reference.shape[0]
+        ref = self.conv(_as_frames(reference)).unflatten(0, (videos, 2))  # (B, 2, C, h, w)
+        x = x.unflatten(0, (videos, -1))  # (B, T, C, h, w), a view of the decoder's own fresh tensor
+        x[:, 0] += ref[:, 0]
+        x[:, -1] += ref[:, 1]
+        return x.flatten(0, 1)
 
 
 class _ReferenceCrossAttention(nn.Module):
@@ -208,13 +248,35 @@ class _ReferenceCrossAttention(nn.Module):
         self.to_v = ops.Linear(channels, inner, bias=False)
         self.to_out = nn.Sequential(ops.Linear(inner, channels), nn.Identity())
 
+    def forward(self, x, reference):
+        n, c, h, w = x.shape
+        videos = reference.shape[0]
+        frames = n // videos
+        q = self.to_q(self.norm(x).flatten(2).transpose(1, 2))  # (N, hw, inner)
+        # keys and values: the start keyframe's tokens then the end's, from the features as they are (no norm)
+        keys = reference.permute(0, 2, 3, 4, 1).reshape(videos, 2 * h * w, c)
+        k, v = self.to_k(keys), self.to_v(keys)
+        # one frame at a time: the (frames x 2hw) keys are never copied per frame, and on every device the
+        # attention's working memory stays one frame's (SDPA keeps no score matrix where it has fused kernels)
+        out = torch.cat([attention(q[i:i + 1], k[i // frames:i // frames + 1], v[i // frames:i // frames + 1],
+                                   self.heads) for i in range(n)])
+        return x + self.to_out(out).transpose(1, 2).reshape(n, c, h, w)
+
 
 class _TimeMixConv(nn.Module):
+    """conv_out (a 3x3 Conv2d whose weights sit on this module, as in the released keys), then a Conv3d (3, 1, 1)
+    over each video's frames; no residual."""
+
     def __init__(self, in_channels: int, out_channels: int, ops=nn):
         super().__init__()
         conv = ops.Conv2d(in_channels, out_channels, 3, padding=1)
         self.weight, self.bias = conv.weight, conv.bias
         self.time_mix_conv = ops.Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x, frames: int):
+        # cast here: the weights are on a module with children, which a host's partial loading does not move
+        x = F.conv2d(x, self.weight.to(x), self.bias.to(x), padding=1)
+        return _as_frames(self.time_mix_conv(_as_video(x, frames)))
 
 
 class DualReferenceDecoder(Decoder):
@@ -237,10 +299,26 @@ class DualReferenceDecoder(Decoder):
             _Combiner(ch * mult[0], ops=ops)])
         self.conv_out = _TimeMixConv(ch * mult[0], cfg.out_ch, ops=ops)
 
-    def forward(self, z):
-        raise DynamiCrafterError(
-            "ToonCrafter's dual-reference decoder is not implemented yet: its checkpoint loads, but decoding "
-            "ToonCrafter latents needs that decoder. Use a DynamiCrafter 512_interp checkpoint for interpolation.")
+    def forward(self, z, references: Optional[list] = None, frames: Optional[int] = None):
+        """z (B*T, z, h, w), the frames of B videos -> (B*T, 3, H, W). references: the five keyframe features
+        (AutoencoderKL.encode_references); without them nothing is fused, as in the original."""
+        frames = frames or z.shape[0]
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, frames)), frames)
+        for i in reversed(range(len(self.up))):
+            level = self.up[i]
+            for j, block in enumerate(level.block):
+                h = block(h, frames)
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if references:
+                h = self.attn_refinement[i](h, references[i])
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        h = F.silu(self.norm_out(h))
+        if references:
+            h = self.attn_refinement[-1](h, references[-1])
+        return self.conv_out(h, frames)
 
 
 class AutoencoderKL(nn.Module):
@@ -265,7 +343,19 @@ class AutoencoderKL(nn.Module):
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         return mean, std
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def encode_references(self, start: torch.Tensor, end: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) keyframes -> the five encoder features ToonCrafter's decoder fuses, each (B, C, 2, h, w) with
+        the start keyframe at index 0 of dim 2. The original encodes a video of copies of the two keyframes and keeps
+        its first and last frame; the encoder treats frames independently, so the two keyframes alone are the same."""
+        hidden = []
+        self.encoder(torch.cat([start, end]), hidden)
+        return [torch.stack(h.chunk(2), dim=2) for h in hidden]
+
+    def decode(self, z: torch.Tensor, references: Optional[list] = None, frames: Optional[int] = None) -> torch.Tensor:
+        """(N, z, h, w) -> (N, 3, H, W). ToonCrafter's decoder takes the video's frames together and no
+        post_quant_conv (the original skips it whenever the decoder gets the reference features)."""
+        if self.cfg.dual_reference:
+            return self.decoder(z, references, frames)
         return self.decoder(self.post_quant_conv(z))
 
 

@@ -28,6 +28,14 @@ def test_parity_with_the_original_implementation(capsys):
     assert out.strip().splitlines()[-1] == "parity tiny_v07: all checks within tolerance"
 
 
+def test_tooncrafter_parity_with_the_original_implementation(capsys):
+    """The dual-reference decoder, the keyframe features, the sketch ControlNet and two sampling runs."""
+    status, out = run_script("toon_parity_check.py", str(TESTS / "fixtures" / "tiny_toon"), capsys=capsys)
+    assert status == 0, out
+    assert out.strip().splitlines()[-1] == "toon parity tiny_toon: all checks within tolerance"
+    assert "skip " not in out  # every reference in the fixture was checked
+
+
 @pytest.mark.parametrize("manifest,variant", [
     ("dynamicrafter_256.tsv", "256"),
     ("dynamicrafter_512_and_512_interp.tsv", None),
