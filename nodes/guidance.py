@@ -33,6 +33,14 @@ SIZE_INPUTS = {
 }
 
 
+def keyframe_references(model: DynamiCrafterModel, start: torch.Tensor, end: torch.Tensor) -> Optional[list]:
+    """ToonCrafter's decoder fuses the two keyframes' encoder features into every video; other models need none."""
+    if not model.core.config.vae.dual_reference:
+        return None
+    out = host.intermediate_device()
+    return [r.to(out) for r in model.core.encode_references(start, end, device=model.device("vae"))]
+
+
 def check_interpolation(model: DynamiCrafterModel, what: str) -> None:
     if not model.core.supports_interpolation:
         raise InputError(f"{what} needs a checkpoint trained for interpolation; {model.name} is DynamiCrafter "
@@ -102,6 +110,10 @@ class VisualDetailGuidance:
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         if mode != "i2v":
             check_interpolation(model, f"mode {mode}")
+        elif model.core.variant == "tooncrafter":
+            raise InputError(f"{model.name} is ToonCrafter, which interpolates between two keyframes: set mode to "
+                             "interpolation and connect `end_image` (or mode loop), or load a DynamiCrafter "
+                             "checkpoint (dynamicrafter_512_v1.ckpt) for image to video from one image")
         if mode == "interpolation" and end_image is None:
             raise InputError("mode interpolation needs `end_image` connected (the last frame of the video)")
         if mode != "interpolation" and end_image is not None:
@@ -116,6 +128,7 @@ class VisualDetailGuidance:
         start = image_to_core(frame, "frame")
         start_posterior = posterior(model, start)
         end_posterior = posterior(model, end) if end is not None else start_posterior if mode == "loop" else None
+        references = keyframe_references(model, start, end if end is not None else start) if mode != "i2v" else None
         guidance = Guidance(mode=mode, frames=frames, height=height, width=width, start=start_posterior,
-                            end=end_posterior)
+                            end=end_posterior, references=references)
         return (guidance, frame)

@@ -30,5 +30,11 @@ def vae(height: int, width: int, channels: int, bytes_per_value: int) -> int:
     return int(MARGIN * VAE_FACTOR * height * width * channels * bytes_per_value)
 
 
+def video_decoder(videos: int, frames: int, height: int, width: int, channels: int, bytes_per_value: int) -> int:
+    """ToonCrafter's decoder holds a whole video: the 2D decoder's per-frame working memory for every frame (not
+    measured separately; its temporal layers and the keyframe fusion add one more full-resolution activation)."""
+    return int(MARGIN * (VAE_FACTOR + 1) * videos * frames * height * width * channels * bytes_per_value)
+
+
 def encoders(images: int, bytes_per_value: int) -> int:
     return int(MARGIN * ENCODER_VALUES_PER_IMAGE * images * bytes_per_value)

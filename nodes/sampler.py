@@ -14,7 +14,7 @@ from ..dynamicrafter_core.pipeline import fit_image, frames_to_images, sample, v
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
-from .guidance import SIZE_INPUTS, check_interpolation, posterior, video_size
+from .guidance import SIZE_INPUTS, check_interpolation, keyframe_references, posterior, video_size
 from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
 
 SEED_RANGE = 2 ** 64
@@ -86,16 +86,27 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
                   generator=generator, callback=callback, device=model.device("unet"), **options).cpu()
 
 
-def decode(model: DynamiCrafterModel, latents: torch.Tensor) -> torch.Tensor:
-    """(B, 4, T, h, w) -> IMAGE (B*T, H, W, 3), one frame at a time, checking for Cancel between frames."""
+def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optional[list] = None) -> torch.Tensor:
+    """(B, 4, T, h, w) -> the video (B, 3, T, H, W) on the CPU, unclamped. DynamiCrafter's VAE one frame at a time,
+    checking for Cancel between frames; ToonCrafter's decoder sees the whole video and the keyframes' features at
+    once (its temporal layers and the original's re-decode of the middle frames need them together)."""
     vae = model.core.vae
     h, w = latents.shape[-2:]
+    device = model.device("vae")
+    if model.core.config.vae.dual_reference:
+        if references is None:
+            raise InputError(f"{model.name} is ToonCrafter, whose decoder needs the keyframes' features: connect a "
+                             "Visual Detail Guidance in interpolation or loop mode")
+        host.load(model.patchers_for("vae"),
+                  memory.video_decoder(latents.shape[0], latents.shape[2], h * 8, w * 8, vae.cfg.ch,
+                                       vae.dtype.itemsize), full=True)
+        return model.core.decode_latents(latents, device=device, references=references).cpu()
     host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize), full=True)
     frames = []
     for t in range(latents.shape[2]):
-        frames.append(model.core.decode_latents(latents[:, :, t:t + 1], device=model.device("vae")).cpu())
+        frames.append(model.core.decode_latents(latents[:, :, t:t + 1], device=device).cpu())
         host.check_interrupt()
-    return frames_to_images(torch.cat(frames, dim=2))
+    return torch.cat(frames, dim=2)
 
 
 def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:
@@ -148,9 +159,10 @@ class I2VSampler(_VideoSampler):
         report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
         latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
                                lambda i, denoised: report(i + 1, denoised))
-        if guidance.mode == "loop":
-            latents = latents[:, :, :-1]  # the last frame repeats the first
-        return (decode(model, latents), latent_output(model, latents))
+        video = decode(model, latents, guidance.references)
+        if guidance.mode == "loop":  # the last frame repeats the first
+            latents, video = latents[:, :, :-1], video[:, :, :-1]
+        return (frames_to_images(video), latent_output(model, latents))
 
 
 class FrameInterpolate(_VideoSampler):
@@ -204,10 +216,13 @@ class FrameInterpolate(_VideoSampler):
         for k, (i, j) in enumerate(pairs):
             latents = sample_video(model, contexts[k], posteriors[i], posteriors[j], frames, seed + k, options,
                                    lambda step, denoised: report(k * visits + step + 1, denoised))
-            if k > 0:
-                latents = latents[:, :, 1:]  # its first frame is the previous segment's last keyframe
-            if loop and k == len(pairs) - 1:
-                latents = latents[:, :, :-1]  # its last frame is the first keyframe
-            segments.append(latents)
-        latents = torch.cat(segments, dim=2)
-        return (decode(model, latents), latent_output(model, latents))
+            segments.append((latents, keyframe_references(model, keys[i], keys[j])))
+        # each segment decoded whole (ToonCrafter's decoder needs its keyframes), then the frames two segments share
+        # kept once: a segment's first frame is the previous one's last keyframe; a loop's last, the first keyframe
+        videos, kept = [], []
+        for k, (latents, references) in enumerate(segments):
+            video = decode(model, latents, references)
+            first, last = (1 if k > 0 else 0), (-1 if loop and k == len(pairs) - 1 else None)
+            videos.append(video[:, :, first:last])
+            kept.append(latents[:, :, first:last])
+        return (frames_to_images(torch.cat(videos, dim=2)), latent_output(model, torch.cat(kept, dim=2)))

@@ -69,6 +69,7 @@ class Guidance:
     width: int
     start: tuple  # (mean, std), each (B, 4, h, w) float32
     end: Optional[tuple] = None
+    references: Optional[list] = None  # ToonCrafter: the keyframes' five encoder features for its decoder
 
 
 def expect(value, cls, socket: str, node_hint: str):
