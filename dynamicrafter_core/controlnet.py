@@ -26,7 +26,7 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import StateDict, _fill, looks_like, read_state_dict
+from .checkpoint import StateDict, _fill, looks_like, read_state_dict, sidecar_config
 from .config import load_config_file
 from .errors import CheckpointError, ConfigError, InputError
 from .unet import Downsample, ResBlock, SpatialTransformer, UNetBlock, timestep_embedding
@@ -313,13 +313,15 @@ def load_controlnet(source: Union[str, Path, StateDict], config: Union[None, dic
                     ops=nn) -> ControlNet:
     """Build the sketch ControlNet from its file (`sketch_encoder.ckpt` or a .safetensors of it) or a state dict.
 
-    config: the original yaml's `control_stage_config` section (dict, path or ControlNetConfig); by default the
-            released sketch_encoder's. device: where the weights go. dtype: the weights' dtype (None: the file's).
+    config: the original yaml's `control_stage_config` section (dict, path or ControlNetConfig); by default a
+            <stem>.yaml / .json beside the file, else the released sketch_encoder's. device: where the weights go. dtype: the weights' dtype (None: the file's).
     Every key must be there with its shape, and nothing else; every tensor is copied out of the file."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         sd = read_state_dict(path)
         what = f"ControlNet file {path.name}"
+        if config is None and (side := sidecar_config(path)) is not None:
+            config = side  # a <stem>.yaml / .json beside it holds its own control_stage_config
     elif isinstance(source, Mapping):
         sd = source
         what = "the ControlNet state dict"

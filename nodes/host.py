@@ -63,6 +63,19 @@ def checkpoint_path(name: str) -> Optional[str]:
     return folder_paths.get_full_path(FOLDER, name)
 
 
+def controlnet_names() -> list[str]:
+    """ComfyUI's models/controlnet, where ToonCrafter's sketch encoder goes."""
+    import folder_paths
+
+    return folder_paths.get_filename_list("controlnet")
+
+
+def controlnet_path(name: str) -> Optional[str]:
+    import folder_paths
+
+    return folder_paths.get_full_path("controlnet", name)
+
+
 def checkpoint_folders() -> list[str]:
     import folder_paths
 

@@ -15,6 +15,7 @@ from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
 from .guidance import SIZE_INPUTS, check_interpolation, keyframe_references, posterior, video_size
+from .sketch import SKETCH, Sketch
 from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
 
 SEED_RANGE = 2 ** 64
@@ -62,16 +63,20 @@ def timesteps(model: DynamiCrafterModel, options: dict) -> torch.Tensor:
     return ddim_timesteps(options["steps"], options["spacing"], model.core.schedule.num_timesteps)
 
 
-def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tuple, options: dict) -> None:
+def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tuple, options: dict,
+              sketch: Optional[Sketch] = None) -> None:
     branches = 1 if options["cfg"] == 1 else 3 if options["image_cfg"] else 2
     unet = model.core.unet
-    host.load(model.patchers_for("unet"),
-              memory.unet(videos, branches, frames, latent_hw, unet.cfg.model_channels, unet.dtype.itemsize))
+    # the sketch encoder runs beside the UNet at every step; its activations are the encoder half of a UNet's
+    patchers = model.patchers_for("unet") + ([sketch.encoder.patcher] if sketch is not None else [])
+    host.load(patchers, memory.unet(videos, branches, frames, latent_hw, unet.cfg.model_channels,
+                                    unet.dtype.itemsize) * (1.5 if sketch is not None else 1))
 
 
 def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple, end: Optional[tuple], frames: int,
-                 seed: int, options: dict, on_step: Callable[[int, torch.Tensor], None]) -> torch.Tensor:
-    """Latents (B, 4, T, h, w) of one video per context image; the UNet must be loaded."""
+                 seed: int, options: dict, on_step: Callable[[int, torch.Tensor], None],
+                 sketch: Optional[Sketch] = None) -> torch.Tensor:
+    """Latents (B, 4, T, h, w) of one video per context image; the UNet (and the sketch encoder) must be loaded."""
     cond = context.conditioning
     generator = torch.Generator().manual_seed(seed % SEED_RANGE)
     latent_start = model.core.sample_latents(start, generator=generator)
@@ -82,8 +87,11 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo
         on_step(step["i"], step["denoised"])
 
+    sketching = {} if sketch is None else {"control": sketch.encoder.control, "hint": sketch.hint,
+                                           "control_scale": sketch.strength}
     return sample(model.core, cond.context, cond.uncond_context, concat, text_uncond_context=cond.text_uncond_context,
-                  generator=generator, callback=callback, device=model.device("unet"), **options).cpu()
+                  generator=generator, callback=callback, device=model.device("unet"), **options,
+                  **sketching).cpu()
 
 
 def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optional[list] = None) -> torch.Tensor:
@@ -115,6 +123,21 @@ def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:
     return {"samples": samples.contiguous()}
 
 
+def check_sketch(model: DynamiCrafterModel, sketch: Sketch, guidance: Guidance) -> None:
+    """Sketches only for ToonCrafter, one per frame at the video's size: said in the words of the nodes."""
+    if model.core.variant != "tooncrafter":
+        raise InputError(f"`sketch` is ToonCrafter's sketch guidance; {model.name} is DynamiCrafter "
+                         f"{model.core.variant}. Load tooncrafter_512_interp_v1.ckpt, or disconnect `sketch`")
+    frames, height, width = sketch.hint.shape[2:]
+    if frames != guidance.frames:
+        raise InputError(f"Sketch Guidance got {frames} drawings but the video has {guidance.frames} frames: give one "
+                         "image per frame (an all-white one where there is no drawing), or change Visual Detail "
+                         "Guidance's frames")
+    if (height, width) != (guidance.height, guidance.width):
+        raise InputError(f"the drawings are {width}x{height} but the video is {guidance.width}x{guidance.height}: "
+                         "scale them to the video's size (e.g. Upscale Image) before Sketch Guidance")
+
+
 class _VideoSampler:
     """What both samplers output."""
     CATEGORY = "sampling/video_models"
@@ -140,14 +163,21 @@ class I2VSampler(_VideoSampler):
                 "guidance": (GUIDANCE, {"tooltip": "From Visual Detail Guidance."}),
                 **SAMPLING_INPUTS,
             },
+            "optional": {
+                "sketch": (SKETCH, {"tooltip": "ToonCrafter only: drawings that steer the interpolation, from "
+                                               "Sketch Guidance."}),
+            },
             "hidden": HIDDEN,
         }
 
     def generate(self, model, context, guidance, seed: int, steps: int, cfg: float, image_cfg: float, eta: float,
-                 fs: int, guidance_rescale: float, spacing: str, unique_id: Optional[str] = None):
+                 fs: int, guidance_rescale: float, spacing: str, sketch=None, unique_id: Optional[str] = None):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         context = expect(context, ImageContext, "context", "Encode Image Context")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
+        if sketch is not None:
+            sketch = expect(sketch, Sketch, "sketch", "Sketch Guidance")
+            check_sketch(model, sketch, guidance)
         if guidance.mode != "i2v":
             check_interpolation(model, f"guidance mode {guidance.mode}")
         mean = guidance.start[0]
@@ -155,10 +185,10 @@ class I2VSampler(_VideoSampler):
             raise InputError(f"the context holds {context.conditioning.context.shape[0]} image(s) but the guidance "
                              f"{mean.shape[0]}; give Encode Image Context and Visual Detail Guidance the same images")
         options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
-        load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options)
+        load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options, sketch)
         report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
         latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
-                               lambda i, denoised: report(i + 1, denoised))
+                               lambda i, denoised: report(i + 1, denoised), sketch)
         video = decode(model, latents, guidance.references)
         if guidance.mode == "loop":  # the last frame repeats the first
             latents, video = latents[:, :, :-1], video[:, :, :-1]

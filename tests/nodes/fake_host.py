@@ -77,6 +77,12 @@ class FakeHost:
         path = self.folder / name
         return str(path) if path.is_file() else None
 
+    def controlnet_names(self):
+        return self.checkpoint_names()  # one folder stands for both
+
+    def controlnet_path(self, name):
+        return self.checkpoint_path(name)
+
     def checkpoint_folders(self):
         return [str(self.folder)]
 

@@ -336,7 +336,7 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
     info = json.loads(urllib.request.urlopen(f"{server['url']}/object_info").read())
     names = {info[k]["display_name"] for k in info if k.startswith("DynamiCrafterAnimate_")}
     assert names == {"Load DynamiCrafter", "Encode Image Context", "Visual Detail Guidance", "I2V Sampler",
-                     "Frame Interpolate"}
+                     "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance"}
     templates = json.loads(urllib.request.urlopen(f"{server['url']}/workflow_templates").read())
     shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert sorted(templates[ROOT.name]) == shipped

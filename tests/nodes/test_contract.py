@@ -9,7 +9,7 @@ from .fake_host import HOST_FUNCTIONS
 from .helpers import ROOT
 
 DISPLAY_NAMES = {"Load DynamiCrafter", "Encode Image Context", "Visual Detail Guidance", "I2V Sampler",
-                 "Frame Interpolate"}
+                 "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 

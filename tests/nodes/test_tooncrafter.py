@@ -72,3 +72,90 @@ def test_tooncrafter_asked_for_image_to_video_names_what_to_connect(nodes, host,
                                          r"interpolation and connect `end_image`"):
         nodes["DynamiCrafterAnimate_VisualDetailGuidance"].encode(model=toon, image=comfy_image(), mode="i2v",
                                                                   width=64, height=64, fit="crop", frames=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def sketch_encoder(pack, toon, tmp_path_factory):
+    """tiny_toon_sketch.safetensors in the ControlNet folder with its control_stage_config beside it."""
+    folder = tmp_path_factory.mktemp("controlnet")
+    (folder / "tiny_sketch.safetensors").symlink_to(TOON / "tiny_toon_sketch.safetensors")
+    config = json.loads((TOON / "tiny_toon.config.json").read_text())["controlnet"]["config"]
+    (folder / "tiny_sketch.json").write_text(json.dumps(config))
+    fake = FakeHost(folder)
+    saved = {name: getattr(pack.nodes.host, name) for name in HOST_FUNCTIONS}
+    for name in HOST_FUNCTIONS:
+        setattr(pack.nodes.host, name, getattr(fake, name))
+    try:
+        (encoder,) = pack.nodes.sketch.SketchEncoderLoader().load(sketch_encoder_name="tiny_sketch.safetensors")
+    finally:
+        for name, value in saved.items():
+            setattr(pack.nodes.host, name, value)
+    return encoder
+
+
+def drawings(frames=FRAMES, size=64, blank=(1,)):
+    """Dark strokes on white, one image per frame, `blank` frames left white (no drawing there)."""
+    images = torch.ones(frames, size, size, 3)
+    for t in range(frames):
+        if t not in blank:
+            images[t, 10 + 3 * t: 14 + 3 * t, 8:56] = 0.0
+    return images
+
+
+def interpolate_with(nodes, toon, sketch=None, seed=4):
+    start, end = comfy_image((64, 64), seed=1), comfy_image((64, 64), seed=5)
+    guidance, frame = nodes["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
+        model=toon, image=start, mode="interpolation", width=64, height=64, fit="crop", frames=FRAMES,
+        end_image=end)
+    (context,) = nodes["DynamiCrafterAnimate_EncodeImageContext"].encode(model=toon, image=frame, prompt="a cat",
+                                                                         negative_prompt="")
+    extra = {} if sketch is None else {"sketch": sketch}
+    return nodes["DynamiCrafterAnimate_I2VSampler"].generate(model=toon, context=context, guidance=guidance,
+                                                            seed=seed, **FAST, **extra)[0]
+
+
+def test_sketch_guidance_steers_the_interpolation_and_strength_0_is_none(nodes, host, toon, sketch_encoder):
+    plain = interpolate_with(nodes, toon)
+    (none,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder,
+                                                                  sketches=drawings(), strength=0.0, invert=True)
+    assert torch.equal(interpolate_with(nodes, toon, none), plain)
+    (sketch,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder,
+                                                                    sketches=drawings(), strength=0.6, invert=True)
+    assert sketch.hint.shape == (1, 1, FRAMES, 64, 64) and sketch.hint[0, 0, 1].max() == 0  # blank: no lines
+    assert sketch.hint[0, 0, 0].max() == 1  # the drawing's dark strokes, as the white lines the encoder reads
+    guided = interpolate_with(nodes, toon, sketch)
+    assert torch.isfinite(guided).all() and (guided - plain).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("frames,size,message", [
+    (FRAMES - 2, 64, r"Sketch Guidance got 6 drawings but the video has 8 frames: give one image per frame"),
+    (FRAMES, 128, r"the drawings are 128x128 but the video is 64x64: scale them to the video's size"),
+])
+def test_sketches_that_do_not_fit_the_video_are_named(nodes, host, toon, sketch_encoder, frames, size, message):
+    (sketch,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(
+        sketch_encoder=sketch_encoder, sketches=drawings(frames, size), strength=0.6, invert=True)
+    with pytest.raises(ValueError, match=message):
+        interpolate_with(nodes, toon, sketch)
+
+
+def test_sketches_for_a_dynamicrafter_model_name_the_tooncrafter_file(nodes, host, loaded, sketch_encoder):
+    (sketch,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder,
+                                                                    sketches=drawings(4), strength=0.6, invert=True)
+    interp = loaded["interp"]
+    guidance, frame = nodes["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
+        model=interp, image=comfy_image(), mode="loop", width=64, height=64, fit="crop", frames=4)
+    (context,) = nodes["DynamiCrafterAnimate_EncodeImageContext"].encode(model=interp, image=frame, prompt="",
+                                                                         negative_prompt="")
+    with pytest.raises(ValueError, match=r"`sketch` is ToonCrafter's sketch guidance; .* Load "
+                                         r"tooncrafter_512_interp_v1\.ckpt, or disconnect `sketch`"):
+        nodes["DynamiCrafterAnimate_I2VSampler"].generate(model=interp, context=context, guidance=guidance, seed=1,
+                                                         sketch=sketch, **FAST)
+
+
+def test_a_sketch_encoder_of_another_width_is_refused_by_name(pack, host, toon, tmp_path):
+    (tmp_path / "tiny_sketch.safetensors").symlink_to(TOON / "tiny_toon_sketch.safetensors")  # no config: released
+    host.folder = tmp_path
+    with pytest.raises(ValueError, match=r"tiny_sketch\.safetensors: `input_blocks\.0\.0\.weight` has shape "
+                                         r"\[32, 4, 3, 3\], so the file is .* but the released sketch_encoder's "
+                                         r"configuration .* builds model_channels 320"):
+        pack.nodes.sketch.SketchEncoderLoader().load(sketch_encoder_name="tiny_sketch.safetensors")
