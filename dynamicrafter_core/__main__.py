@@ -3,6 +3,7 @@
   python -m dynamicrafter_core animate IMAGE --prompt "..." [--checkpoint PATH] -o out.mp4
   python -m dynamicrafter_core interpolate START END --prompt "..." [--checkpoint PATH] -o out.mp4
   python -m dynamicrafter_core loop IMAGE --prompt "..." [--checkpoint PATH] -o out.gif
+  python -m dynamicrafter_core interpolate START END --checkpoint tooncrafter_512_interp_v1.ckpt [--sketch DIR]
   python -m dynamicrafter_core download 512
 
 The output's suffix picks the format: .mp4, .webp, .gif, or no suffix for a folder of PNG frames.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 from .config import VARIANTS
 from .errors import DynamiCrafterError, InputError, ModelFileNotFoundError
@@ -55,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="other aspect ratios: crop the centre (default), pad with black, or stretch")
         p.add_argument("--fps", type=float, default=8.0, help="playback rate of the written video (default 8)")
         p.add_argument("--device", default="auto", help="cuda, cpu, mps... (default: cuda if available)")
+        p.add_argument("--sketch", type=Path,
+                       help="ToonCrafter: a folder of drawings (dark lines on white), one per frame in name order, "
+                            "or fewer named by their frame number (e.g. 08.png)")
+        p.add_argument("--sketch-encoder", type=Path,
+                       help="ToonCrafter's sketch_encoder.ckpt (default: beside the checkpoint)")
+        p.add_argument("--sketch-strength", type=float, default=0.6, help="how strongly the drawings steer (0.6)")
         p.add_argument("--dtype", default="auto", choices=DTYPES,
                        help="compute dtype (auto: bf16 on GPUs that have it, else fp16, fp32 on the CPU); the VAE "
                             "never runs in fp16, where it overflows (black frames): it takes fp32 then")
@@ -97,7 +106,7 @@ def _check_settings(args) -> None:
     """Every setting, before the (slow) model load, so a typo costs nothing."""
     from .pipeline import check_side
     from .settings import (check_cfg, check_eta, check_frames, check_fs, check_guidance_rescale, check_image_cfg,
-                           check_seed, check_steps)
+                           check_number, check_seed, check_steps)
     from .video_io import output_format
 
     check_seed(args.seed)
@@ -111,6 +120,9 @@ def _check_settings(args) -> None:
         if value is not None:
             check_side(name, value)
     output_format(args.output, args.fps)
+    if args.sketch is not None:
+        check_number("--sketch-strength", args.sketch_strength, 0.0, 2.0, "0 ignores the drawings, 0.6 the default")
+        _sketch_files(args.sketch, args.frames)
 
 
 def _checkpoint(args, mode: str) -> Path:
@@ -123,6 +135,49 @@ def _checkpoint(args, mode: str) -> Path:
     if args.download:
         return download(variant)
     raise ModelFileNotFoundError(missing_message(variant))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SKETCH_ENCODER_URL = "https://huggingface.co/Doubiiu/ToonCrafter/resolve/main/sketch_encoder.ckpt"
+
+
+def _sketch_files(folder: Path, frames: int) -> tuple[list, Optional[list]]:
+    """The drawings in `folder` and the frames they are for (None: one per frame, in name order)."""
+    if not folder.is_dir():
+        raise InputError(f"--sketch {str(folder)!r} is not a folder of drawings")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"--sketch {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    if len(files) == frames:
+        return files, None
+    numbers = [re.search(r"(\d+)$", p.stem) for p in files]
+    if not all(numbers):
+        unnamed = next(p.name for p, n in zip(files, numbers) if not n)
+        raise InputError(f"--sketch holds {len(files)} drawings for {frames} frames, so each file must be named by its "
+                         f"frame number (counted from 0, e.g. 08.png); {unnamed} is not")
+    return files, [int(n.group(1)) for n in numbers]
+
+
+def _sketch(args, checkpoint: Path, frames: int, height: int, width: int, device, dtype):
+    """--sketch: the sketch encoder and the hint (1, 1, frames, height, width)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .controlnet import load_controlnet, sketch_hint
+
+    files, at = _sketch_files(args.sketch, frames)
+    encoder = args.sketch_encoder or checkpoint.with_name("sketch_encoder.ckpt")
+    if not encoder.is_file():
+        raise ModelFileNotFoundError(f"no sketch encoder at {encoder}: download {SKETCH_ENCODER_URL} and save it "
+                                     "there, or pass --sketch-encoder PATH")
+    drawings = []
+    for path in files:
+        with Image.open(path) as image:
+            grey = image.convert("L").resize((width, height), Image.BILINEAR)
+        drawings.append(torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0))
+    hint = sketch_hint(torch.stack(drawings), frames, height, width, at)
+    return load_controlnet(encoder, device=device, dtype=dtype), hint
 
 
 def run(args) -> Path:
@@ -154,13 +209,18 @@ def run(args) -> Path:
     if dtype == torch.float16:
         model.vae.float()  # as ComfyUI's nodes: this VAE overflows in fp16 (black frames)
     print(model.describe(), file=sys.stderr)
+    sketching = {}
+    if args.sketch is not None:
+        height, width = args.height or model.config.resolution[0], args.width or model.config.resolution[1]
+        control, hint = _sketch(args, path, args.frames, height, width, device, dtype)
+        sketching = {"control": control, "hint": hint, "control_scale": args.sketch_strength}
     steps = args.steps or model.defaults.steps
     with tqdm(total=steps, desc="sampling", unit="step") as bar:
         frames = animate(model, image, args.prompt, end_image=end_image, mode=mode,
                          negative_prompt=args.negative_prompt, frames=args.frames, steps=args.steps, cfg=args.cfg,
                          eta=args.eta, fs=args.fs, guidance_rescale=args.guidance_rescale, spacing=args.spacing,
                          seed=args.seed, image_cfg=args.image_cfg, height=args.height, width=args.width,
-                         fit=args.fit, callback=lambda info: bar.update(1))
+                         fit=args.fit, callback=lambda info: bar.update(1), **sketching)
     out = write_video(frames, args.output, fps=args.fps)
     print(f"wrote {frames.shape[0]} frames to {out}", file=sys.stderr)
     return out

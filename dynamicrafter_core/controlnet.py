@@ -197,6 +197,36 @@ def check_hint(hint, batch: int, frames: int, height: int, width: int, channels:
                          "(white lines, 1, on black, 0)")
 
 
+def sketch_hint(drawings: torch.Tensor, frames: int, height: int, width: int, at: Optional[list] = None,
+                invert: bool = True) -> torch.Tensor:
+    """Drawings (N, H, W) in [0, 1] -> the sketch hint (1, 1, frames, height, width): each drawing scaled to the
+    video and put at its frame (`at`, one frame number per drawing; None: one drawing per frame, in order), black
+    (no drawing) elsewhere. invert: the drawings are dark lines on light, as drawn, while the sketch encoder reads
+    white lines on black (the sketch fork feeds it inverted line art)."""
+    import torch.nn.functional as F
+
+    if invert:
+        drawings = 1.0 - drawings
+    if tuple(drawings.shape[-2:]) != (height, width):
+        drawings = F.interpolate(drawings[:, None].float(), size=(height, width), mode="bilinear", antialias=True,
+                                 align_corners=False)[:, 0].clamp(0, 1)
+    count = drawings.shape[0]
+    if at is None:
+        if count != frames:
+            raise InputError(f"{count} drawings for a video of {frames} frames: give one per frame, or name the frames "
+                             "the drawings are for")
+        return drawings[None, None].contiguous()
+    if len(at) != count:
+        raise InputError(f"{len(at)} frame number(s) for {count} drawing(s): give one frame number per drawing, in "
+                         "the drawings' order")
+    outside = [i for i in at if not 0 <= i < frames]
+    if outside:
+        raise InputError(f"a drawing is for frame {outside[0]}, but the video's frames are 0 to {frames - 1}")
+    hint = torch.zeros(frames, height, width)
+    hint[list(at)] = drawings.float()
+    return hint[None, None]
+
+
 class ControlNet(nn.Module):
     """forward(x (B, 4, T, h, w), hint (B, C_hint, T, 8h, 8w) in [0, 1], t (B,), context (B, L, D)) -> 13 residuals
     (B, C_k, T, h_k, w_k), not yet multiplied by a control scale: residual k for the UNet's skip k, the last for its

@@ -470,14 +470,13 @@ class UNet(nn.Module):
                 hidden = self.init_attn(hidden, emb, context, b, self.ff_tokens)
             skips.append(hidden)
         hidden = self.middle_block(hidden, emb, context, b, self.ff_tokens)
-        if control is None:
-            for block in self.output_blocks:
-                hidden = block(torch.cat([hidden, skips.pop()], dim=1), emb, context, b, self.ff_tokens)
-        else:
-            residuals = self.control_residuals(control, control_scale, b, frames)
+        residuals = None if control is None else self.control_residuals(control, control_scale, b, frames)
+        if residuals:  # the last residual goes to the middle block's output, the others to the skips, last first
             hidden = self._add_residual(hidden, residuals.pop(), len(residuals))
-            for block in self.output_blocks:
-                skip = self._add_residual(skips.pop(), residuals.pop(), len(residuals))
-                hidden = block(torch.cat([hidden, skip], dim=1), emb, context, b, self.ff_tokens)
+        for block in self.output_blocks:
+            skip = skips.pop()
+            if residuals:
+                skip = self._add_residual(skip, residuals.pop(), len(residuals))
+            hidden = block(torch.cat([hidden, skip], dim=1), emb, context, b, self.ff_tokens)
         out = self.out[2](F.silu(group_norm_fp32(self.out[0], hidden)))
         return out.reshape(b, frames, -1, h, w).transpose(1, 2).to(x.dtype)

@@ -75,8 +75,9 @@ def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tu
 
 def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple, end: Optional[tuple], frames: int,
                  seed: int, options: dict, on_step: Callable[[int, torch.Tensor], None],
-                 sketch: Optional[Sketch] = None) -> torch.Tensor:
-    """Latents (B, 4, T, h, w) of one video per context image; the UNet (and the sketch encoder) must be loaded."""
+                 sketching: Optional[dict] = None) -> torch.Tensor:
+    """Latents (B, 4, T, h, w) of one video per context image; the UNet (and the sketch encoder) must be loaded.
+    sketching: sketch_options' keywords, or nothing."""
     cond = context.conditioning
     generator = torch.Generator().manual_seed(seed % SEED_RANGE)
     latent_start = model.core.sample_latents(start, generator=generator)
@@ -87,11 +88,9 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo
         on_step(step["i"], step["denoised"])
 
-    sketching = {} if sketch is None else {"control": sketch.encoder.control, "hint": sketch.hint,
-                                           "control_scale": sketch.strength}
     return sample(model.core, cond.context, cond.uncond_context, concat, text_uncond_context=cond.text_uncond_context,
                   generator=generator, callback=callback, device=model.device("unet"), **options,
-                  **sketching).cpu()
+                  **(sketching or {})).cpu()
 
 
 def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optional[list] = None) -> torch.Tensor:
@@ -123,19 +122,16 @@ def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:
     return {"samples": samples.contiguous()}
 
 
-def check_sketch(model: DynamiCrafterModel, sketch: Sketch, guidance: Guidance) -> None:
-    """Sketches only for ToonCrafter, one per frame at the video's size: said in the words of the nodes."""
+def sketch_options(model: DynamiCrafterModel, sketch: Optional[Sketch], guidance: Guidance) -> dict:
+    """The sampler's sketch keywords: ToonCrafter only, the drawings placed on the video's frames and size."""
+    if sketch is None:
+        return {}
+    sketch = expect(sketch, Sketch, "sketch", "Sketch Guidance")
     if model.core.variant != "tooncrafter":
         raise InputError(f"`sketch` is ToonCrafter's sketch guidance; {model.name} is DynamiCrafter "
                          f"{model.core.variant}. Load tooncrafter_512_interp_v1.ckpt, or disconnect `sketch`")
-    frames, height, width = sketch.hint.shape[2:]
-    if frames != guidance.frames:
-        raise InputError(f"Sketch Guidance got {frames} drawings but the video has {guidance.frames} frames: give one "
-                         "image per frame (an all-white one where there is no drawing), or change Visual Detail "
-                         "Guidance's frames")
-    if (height, width) != (guidance.height, guidance.width):
-        raise InputError(f"the drawings are {width}x{height} but the video is {guidance.width}x{guidance.height}: "
-                         "scale them to the video's size (e.g. Upscale Image) before Sketch Guidance")
+    return {"control": sketch.encoder.control, "control_scale": sketch.strength,
+            "hint": sketch.hint(guidance.frames, guidance.height, guidance.width)}
 
 
 class _VideoSampler:
@@ -175,9 +171,7 @@ class I2VSampler(_VideoSampler):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         context = expect(context, ImageContext, "context", "Encode Image Context")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
-        if sketch is not None:
-            sketch = expect(sketch, Sketch, "sketch", "Sketch Guidance")
-            check_sketch(model, sketch, guidance)
+        sketching = sketch_options(model, sketch, guidance)
         if guidance.mode != "i2v":
             check_interpolation(model, f"guidance mode {guidance.mode}")
         mean = guidance.start[0]
@@ -188,7 +182,7 @@ class I2VSampler(_VideoSampler):
         load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options, sketch)
         report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
         latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
-                               lambda i, denoised: report(i + 1, denoised), sketch)
+                               lambda i, denoised: report(i + 1, denoised), sketching)
         video = decode(model, latents, guidance.references)
         if guidance.mode == "loop":  # the last frame repeats the first
             latents, video = latents[:, :, :-1], video[:, :, :-1]

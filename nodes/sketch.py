@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from ..dynamicrafter_core.controlnet import ControlNet, load_controlnet
+from ..dynamicrafter_core.controlnet import ControlNet, load_controlnet, sketch_hint
 from ..dynamicrafter_core.errors import InputError, ModelFileNotFoundError
 from . import host
 from .sockets import expect
@@ -30,11 +31,19 @@ class SketchEncoder:
 
 @dataclass
 class Sketch:
-    """What I2V Sampler needs: the encoder, one drawing per frame (1, 1, T, H, W) in [0, 1], white lines on black as
-    the encoder was trained, and the strength."""
+    """What I2V Sampler needs: the encoder, the drawings (N, H, W) in [0, 1], the frames they belong to (None: one
+    per frame, in order), whether they are dark lines on light, and the strength."""
     encoder: SketchEncoder
-    hint: torch.Tensor
+    drawings: torch.Tensor
+    at: Optional[list]
+    invert: bool
     strength: float
+
+    def hint(self, frames: int, height: int, width: int) -> torch.Tensor:
+        try:
+            return sketch_hint(self.drawings, frames, height, width, self.at, self.invert)
+        except InputError as e:  # in the words of the node's inputs
+            raise InputError(f"Sketch Guidance: {e} (`at`: the frames, counted from 0)") from None
 
 
 class SketchEncoderLoader:
@@ -93,13 +102,20 @@ class SketchGuidance:
                                    "tooltip": "On: dark lines on light, turned into the white lines on black the "
                                               "encoder was trained with. Off: the images already are white lines "
                                               "on black."}),
+            "at": ("STRING", {"default": "",
+                              "tooltip": "The frames the drawings are for, counted from 0, one per drawing (e.g. "
+                                         "'8' for one drawing in the middle of 16 frames, '4, 12' for two). Empty: "
+                                         "one drawing per frame, in order. Frames without a drawing get none."}),
         }}
 
-    def encode(self, sketch_encoder, sketches, strength: float, invert: bool):
+    def encode(self, sketch_encoder, sketches, strength: float, invert: bool, at: str = ""):
         sketch_encoder = expect(sketch_encoder, SketchEncoder, "sketch_encoder", "Load Sketch Encoder")
         if not isinstance(sketches, torch.Tensor) or sketches.ndim != 4 or sketches.shape[0] == 0:
             shape = tuple(sketches.shape) if isinstance(sketches, torch.Tensor) else type(sketches).__name__
-            raise InputError(f"`sketches` needs an IMAGE batch with one image per frame; it received {shape}")
-        grey = sketches[..., :3].float().mean(dim=-1)  # (T, H, W) in 0..1
-        hint = (1.0 - grey) if invert else grey
-        return (Sketch(encoder=sketch_encoder, hint=hint[None, None].contiguous(), strength=strength),)
+            raise InputError(f"`sketches` needs an IMAGE batch of drawings; it received {shape}")
+        try:
+            frames = [int(part) for part in at.replace(",", " ").split()] if at.strip() else None
+        except ValueError:
+            raise InputError(f"`at` {at!r} is not a list of frame numbers; write e.g. '8' or '4, 12'") from None
+        grey = sketches[..., :3].float().mean(dim=-1)  # (N, H, W) in 0..1
+        return (Sketch(encoder=sketch_encoder, drawings=grey, at=frames, invert=invert, strength=strength),)

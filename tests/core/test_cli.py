@@ -98,3 +98,52 @@ def test_without_a_checkpoint_it_says_what_to_download_and_where(tmp_path, photo
     assert status == 2
     assert "huggingface.co/Doubiiu/DynamiCrafter_512" in err
     assert "dynamicrafter_512_v1.ckpt" in err and "--download" in err
+
+
+TOON = TESTS / "fixtures" / "tiny_toon"
+
+
+@pytest.fixture(scope="module")
+def toon_files(tmp_path_factory):
+    """The tiny ToonCrafter and its sketch encoder beside it, each with its configuration as a sidecar."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("toon")
+    shutil.copy(TOON / "tiny_toon.safetensors", folder / "tiny_toon.safetensors")
+    shutil.copy(TOON / "tiny_toon.config.json", folder / "tiny_toon.config.json")
+    shutil.copy(TOON / "tiny_toon_sketch.safetensors", folder / "sketch_encoder.safetensors")
+    config = json.loads((TOON / "tiny_toon.config.json").read_text())["controlnet"]["config"]
+    (folder / "sketch_encoder.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_tooncrafter_interpolates_with_sketches_from_the_command_line(tmp_path, photo, toon_files):
+    end = tmp_path / "end.png"
+    Image.fromarray((np.random.RandomState(5).rand(64, 64, 3) * 255).astype(np.uint8)).save(end)
+    sketches = tmp_path / "sketches"
+    sketches.mkdir()
+    drawing = np.full((64, 64), 255, np.uint8)
+    drawing[20:24, 8:56] = 0  # one dark stroke on white, for the middle frame
+    Image.fromarray(drawing).save(sketches / "04.png")
+    common = ("interpolate", photo, end, "--checkpoint", toon_files / "tiny_toon.safetensors", "--frames", "8",
+              "--steps", "2", "--seed", "3")
+    plain = cli(*common, "-o", tmp_path / "plain.gif")
+    assert plain.returncode == 0, plain.stderr
+    guided = cli(*common, "--sketch", sketches, "--sketch-encoder", toon_files / "sketch_encoder.safetensors",
+                 "-o", tmp_path / "guided.gif")
+    assert guided.returncode == 0, guided.stderr
+    a, b = read_video(tmp_path / "plain.gif"), read_video(tmp_path / "guided.gif")
+    assert a.shape == b.shape == (8, 64, 64, 3) and not torch.equal(a, b)
+
+
+def test_sketches_that_cannot_be_placed_are_refused_before_loading(tmp_path, photo, toon_files):
+    sketches = tmp_path / "sketches"
+    sketches.mkdir()
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(sketches / "middle.png")
+    result = cli("interpolate", photo, photo, "--checkpoint", tmp_path / "absent.ckpt", "--frames", "8",
+                 "--sketch", sketches, "-o", tmp_path / "x.gif")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --sketch holds 1 drawings for 8 frames, so each file must be named by its frame number (counted "
+        "from 0, e.g. 08.png); middle.png is not")

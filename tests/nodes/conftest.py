@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from .fake_host import HOST_FUNCTIONS, FakeHost
+from .fake_host import HOST_FUNCTIONS, FakeHost, hosting
 from .helpers import FIXTURE, TINY, import_pack
 
 # the tiny networks are latency-bound: one thread is several times faster than two on a busy machine
@@ -44,15 +44,8 @@ def nodes(pack, host):
 @pytest.fixture(scope="session")
 def loaded(pack, model_folder):
     """The tiny model through Load DynamiCrafter (loaded once: it takes seconds)."""
-    fake = FakeHost(model_folder)
-    saved = {name: getattr(pack.nodes.host, name) for name in HOST_FUNCTIONS}
-    for name in HOST_FUNCTIONS:
-        setattr(pack.nodes.host, name, getattr(fake, name))
-    try:
+    with hosting(pack, model_folder):
         model, info = pack.nodes.loader.Loader().load(ckpt_name=TINY, weight_dtype="auto", variant="auto")
         interp, _ = pack.nodes.loader.Loader().load(ckpt_name=TINY, weight_dtype="auto", variant="512_interp")
-    finally:
-        for name, value in saved.items():
-            setattr(pack.nodes.host, name, value)
     return {"model": model, "info": info, "interp": interp}
 

@@ -10,6 +10,7 @@ What it cannot stand in for (weights streamed per layer call, Cancel raised from
 real-host tier checks in ComfyUI itself (test_comfyui_host.py)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -130,3 +131,18 @@ class FakeHost:
 
 
 HOST_FUNCTIONS = [name for name in vars(FakeHost) if not name.startswith("_") and callable(getattr(FakeHost, name))]
+
+
+@contextlib.contextmanager
+def hosting(pack, folder: Path):
+    """The pack's host functions replaced by a FakeHost over `folder` for the block (for fixtures wider than one test,
+    which monkeypatch cannot serve)."""
+    fake = FakeHost(folder)
+    saved = {name: getattr(pack.nodes.host, name) for name in HOST_FUNCTIONS}
+    for name in HOST_FUNCTIONS:
+        setattr(pack.nodes.host, name, getattr(fake, name))
+    try:
+        yield fake
+    finally:
+        for name, value in saved.items():
+            setattr(pack.nodes.host, name, value)

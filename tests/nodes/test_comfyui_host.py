@@ -19,6 +19,8 @@ from dynamicrafter_core.pipeline import animate
 
 from .helpers import FIXTURE, ROOT, TINY, comfy_image
 
+TOON = ROOT / "tests" / "fixtures" / "tiny_toon"
+
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(
     not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
@@ -294,6 +296,12 @@ def server(tmp_path_factory, request):
     shutil.copy(FIXTURE / TINY, models / "dynamicrafter" / "tiny_test.safetensors")
     config = json.loads((FIXTURE / "tiny_v07.config.json").read_text())["model"]
     (models / "dynamicrafter" / "tiny_test.json").write_text(json.dumps(config))
+    toon = json.loads((TOON / "tiny_toon.config.json").read_text())
+    shutil.copy(TOON / "tiny_toon.safetensors", models / "dynamicrafter" / "tiny_toon.safetensors")
+    (models / "dynamicrafter" / "tiny_toon.json").write_text(json.dumps(toon["model"]))
+    (models / "controlnet").mkdir()
+    shutil.copy(TOON / "tiny_toon_sketch.safetensors", models / "controlnet" / "tiny_sketch.safetensors")
+    (models / "controlnet" / "tiny_sketch.json").write_text(json.dumps(toon["controlnet"]["config"]))
     (models / "upscale_models").mkdir()
     from safetensors.torch import save_file
     from spandrel.architectures.ESRGAN import ESRGAN
@@ -345,12 +353,16 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
 
 
 def shrink(workflow: dict) -> dict:
-    """The shipped workflow with the tiny model, test images, 4 frames and 2 steps."""
+    """The shipped workflow with the tiny models, test images, 4 frames and 2 steps."""
     images = iter(f"test_{i}.png" for i in range(3))
     for node in workflow["nodes"]:
         kind, values = node["type"], node["widgets_values"]
         if kind == "DynamiCrafterAnimate_Loader":
-            values[0] = "tiny_test.safetensors"
+            values[0] = "tiny_toon.safetensors" if values[0].startswith("tooncrafter") else "tiny_test.safetensors"
+        elif kind == "DynamiCrafterAnimate_SketchEncoderLoader":
+            values[0] = "tiny_sketch.safetensors"
+        elif kind == "DynamiCrafterAnimate_SketchGuidance":
+            values[2] = "2"  # at: the middle of 4 frames
         elif kind == "LoadImage":
             values[0] = next(images)
         elif kind == "UpscaleModelLoader":
@@ -370,7 +382,7 @@ def test_each_workflow_runs_in_comfyui(server, path, tmp_path):
     if server["vram"] == "dynamic" and any(n["type"] == "UpscaleModelLoader" for n in workflow["nodes"]):
         pytest.skip("ComfyUI's own Load Upscale Model reads its file through comfy-aimdo under Dynamic VRAM, which "
                     "cannot initialise without a GPU ('comfy-aimdo is not initialized')")
-    if "interp" in path.stem or "loop" in path.stem or "keyframes" in path.stem:
+    if path.stem.startswith("dynamicrafter") and any(word in path.stem for word in ("interp", "loop", "keyframes")):
         for node in workflow["nodes"]:
             if node["type"] == "DynamiCrafterAnimate_Loader":
                 node["widgets_values"][2] = "512_interp"  # the tiny file's name does not say interp

@@ -8,7 +8,7 @@ import torch
 from dynamicrafter_core.pipeline import animate, fit_image
 
 from ..conftest import TESTS
-from .fake_host import HOST_FUNCTIONS, FakeHost
+from .fake_host import hosting
 from .helpers import comfy_image
 
 TOON = TESTS / "fixtures" / "tiny_toon"
@@ -23,16 +23,9 @@ def toon(pack, tmp_path_factory):
     (folder / "tiny_toon.safetensors").symlink_to(TOON / "tiny_toon.safetensors")
     config = json.loads((TOON / "tiny_toon.config.json").read_text())["model"]
     (folder / "tiny_toon.json").write_text(json.dumps({"model": config}))
-    fake = FakeHost(folder)
-    saved = {name: getattr(pack.nodes.host, name) for name in HOST_FUNCTIONS}
-    for name in HOST_FUNCTIONS:
-        setattr(pack.nodes.host, name, getattr(fake, name))
-    try:
+    with hosting(pack, folder):
         model, info = pack.nodes.loader.Loader().load(ckpt_name="tiny_toon.safetensors", weight_dtype="auto",
                                                       variant="auto")
-    finally:
-        for name, value in saved.items():
-            setattr(pack.nodes.host, name, value)
     assert "DynamiCrafter tooncrafter" in info
     return model
 
@@ -81,15 +74,8 @@ def sketch_encoder(pack, toon, tmp_path_factory):
     (folder / "tiny_sketch.safetensors").symlink_to(TOON / "tiny_toon_sketch.safetensors")
     config = json.loads((TOON / "tiny_toon.config.json").read_text())["controlnet"]["config"]
     (folder / "tiny_sketch.json").write_text(json.dumps(config))
-    fake = FakeHost(folder)
-    saved = {name: getattr(pack.nodes.host, name) for name in HOST_FUNCTIONS}
-    for name in HOST_FUNCTIONS:
-        setattr(pack.nodes.host, name, getattr(fake, name))
-    try:
+    with hosting(pack, folder):
         (encoder,) = pack.nodes.sketch.SketchEncoderLoader().load(sketch_encoder_name="tiny_sketch.safetensors")
-    finally:
-        for name, value in saved.items():
-            setattr(pack.nodes.host, name, value)
     return encoder
 
 
@@ -121,21 +107,40 @@ def test_sketch_guidance_steers_the_interpolation_and_strength_0_is_none(nodes, 
     assert torch.equal(interpolate_with(nodes, toon, none), plain)
     (sketch,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder,
                                                                     sketches=drawings(), strength=0.6, invert=True)
-    assert sketch.hint.shape == (1, 1, FRAMES, 64, 64) and sketch.hint[0, 0, 1].max() == 0  # blank: no lines
-    assert sketch.hint[0, 0, 0].max() == 1  # the drawing's dark strokes, as the white lines the encoder reads
+    hint = sketch.hint(FRAMES, 64, 64)
+    assert hint.shape == (1, 1, FRAMES, 64, 64) and hint[0, 0, 1].max() == 0  # blank: no lines
+    assert hint[0, 0, 0].max() == 1  # the drawing's dark strokes, as the white lines the encoder reads
     guided = interpolate_with(nodes, toon, sketch)
     assert torch.isfinite(guided).all() and (guided - plain).abs().mean() > 1e-3
 
 
-@pytest.mark.parametrize("frames,size,message", [
-    (FRAMES - 2, 64, r"Sketch Guidance got 6 drawings but the video has 8 frames: give one image per frame"),
-    (FRAMES, 128, r"the drawings are 128x128 but the video is 64x64: scale them to the video's size"),
+def test_sparse_drawings_go_to_the_frames_named_and_are_scaled_to_the_video(nodes, host, toon, sketch_encoder):
+    strokes = drawings(2, 128, blank=())  # two drawings at twice the video's size
+    (sparse,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder, sketches=strokes,
+                                                                    strength=0.6, invert=True, at="2, 5")
+    hint = sparse.hint(FRAMES, 64, 64)
+    assert hint.shape == (1, 1, FRAMES, 64, 64)
+    assert [bool(hint[0, 0, t].max() > 0) for t in range(FRAMES)] == [t in (2, 5) for t in range(FRAMES)]
+    assert torch.isfinite(interpolate_with(nodes, toon, sparse)).all()
+
+
+@pytest.mark.parametrize("count,at,message", [
+    (FRAMES - 2, "", r"Sketch Guidance: 6 drawings for a video of 8 frames: give one per frame, or name the frames "
+                     r"the drawings are for \(`at`"),
+    (2, "3", r"Sketch Guidance: 1 frame number\(s\) for 2 drawing\(s\)"),
+    (1, "8", r"Sketch Guidance: a drawing is for frame 8, but the video's frames are 0 to 7"),
 ])
-def test_sketches_that_do_not_fit_the_video_are_named(nodes, host, toon, sketch_encoder, frames, size, message):
+def test_sketches_that_do_not_fit_the_video_are_named(nodes, host, toon, sketch_encoder, count, at, message):
     (sketch,) = nodes["DynamiCrafterAnimate_SketchGuidance"].encode(
-        sketch_encoder=sketch_encoder, sketches=drawings(frames, size), strength=0.6, invert=True)
+        sketch_encoder=sketch_encoder, sketches=drawings(count), strength=0.6, invert=True, at=at)
     with pytest.raises(ValueError, match=message):
         interpolate_with(nodes, toon, sketch)
+
+
+def test_at_must_name_frame_numbers(nodes, sketch_encoder):
+    with pytest.raises(ValueError, match=r"`at` 'middle' is not a list of frame numbers"):
+        nodes["DynamiCrafterAnimate_SketchGuidance"].encode(sketch_encoder=sketch_encoder, sketches=drawings(1),
+                                                            strength=0.6, invert=True, at="middle")
 
 
 def test_sketches_for_a_dynamicrafter_model_name_the_tooncrafter_file(nodes, host, loaded, sketch_encoder):

@@ -29,7 +29,8 @@ def widget_names(spec: dict) -> list:
 def test_there_are_the_promised_workflows():
     names = {p.stem for p in WORKFLOWS}
     assert {"dynamicrafter_image_to_video", "dynamicrafter_interpolation", "dynamicrafter_loop",
-            "dynamicrafter_image_to_video_upscale_2x", "dynamicrafter_keyframes"} <= names
+            "dynamicrafter_image_to_video_upscale_2x", "dynamicrafter_keyframes", "tooncrafter_interpolation",
+            "tooncrafter_sketch_interpolation"} <= names
     # ComfyUI lists every *.json in the folder as a template and shows <name>.jpg as its picture
     assert all(p.with_suffix(".jpg").is_file() for p in WORKFLOWS)
     assert {p.stem for p in (ROOT / "workflows").glob("*.jpg")} == names
@@ -56,7 +57,7 @@ def test_workflow_is_consistent(pack, host, path):
                 kind, options = {**spec["required"], **spec.get("optional", {})}[name]
                 if kind == "INT" or kind == "FLOAT":
                     assert options["min"] <= value <= options["max"], (name, value)
-                elif isinstance(kind, list) and name != "ckpt_name":
+                elif isinstance(kind, list) and name not in ("ckpt_name", "sketch_encoder_name"):  # the user's files
                     assert value in kind, (name, value)
     links = {link[0]: link for link in wf["links"]}
     assert len(links) == len(wf["links"]) and wf["last_link_id"] >= max(links)
@@ -87,7 +88,7 @@ def test_loaders_name_the_released_files_and_offer_their_download(path):
     interpolating = any(n["type"] == "DynamiCrafterAnimate_FrameInterpolate" or
                         n["type"] == "DynamiCrafterAnimate_VisualDetailGuidance" and n["widgets_values"][0] != "i2v"
                         for n in wf["nodes"])
-    assert (name == "dynamicrafter_512_interp_v1.ckpt") == interpolating
+    assert (name in ("dynamicrafter_512_interp_v1.ckpt", "tooncrafter_512_interp_v1.ckpt")) == interpolating
     for node in wf["nodes"]:
         for model in node["properties"].get("models", []):
             assert model["name"] in node["widgets_values"] and model["url"].startswith("https://")
