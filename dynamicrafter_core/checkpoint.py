@@ -275,7 +275,7 @@ def _expected(module: nn.Module) -> dict[str, torch.Tensor]:
     return dict(module.state_dict(keep_vars=True))
 
 
-def _fill(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str,
+def assign_weights(target: nn.Module, layout: nn.Module, prefix: str, sd: StateDict, names: dict, device, dtype, what: str,
           guess: str, cfg_note: str) -> None:
     """Assign the tensors under `prefix` to `target`, refusing missing, extra and wrongly shaped ones. The keys and
     shapes to expect come from `layout`, the same network built from plain torch.nn layers: a host's layer classes
@@ -376,7 +376,7 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
         if towers.get(attr, True):
             target = model.get_submodule(attr)
             reference = target if attr in towers else layout.get_submodule(attr)
-            _fill(target, reference, prefix, sd, names, device, dtype, what, guess, cfg_note)
+            assign_weights(target, reference, prefix, sd, names, device, dtype, what, guess, cfg_note)
     unknown = sorted(k for k in names if not k.startswith(tuple(PREFIXES)) and not k.startswith(IGNORED))
     if unknown:
         log.info("ignored %d tensors outside DynamiCrafter's networks (first: %s)", len(unknown), unknown[0])

@@ -17,7 +17,6 @@ Shapes: x (B, 4, T, h, w), hint (B, C_hint, T, 8h, 8w); inside, frames are folde
 """
 from __future__ import annotations
 
-import numbers
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,9 +25,10 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import StateDict, _fill, looks_like, read_state_dict, sidecar_config
+from .checkpoint import StateDict, assign_weights, looks_like, read_state_dict, sidecar_config
 from .config import load_config_file
 from .errors import CheckpointError, ConfigError, InputError
+from .settings import is_whole
 from .unet import Downsample, ResBlock, SpatialTransformer, UNetBlock, timestep_embedding
 
 # the hint encoder's widths; its convs into widths 2, 4 and 6 have stride 2, so it meets the latents at 1/8 the size
@@ -88,10 +88,6 @@ _REQUIRED = ("in_channels", "hint_channels", "model_channels", "num_res_blocks",
              "context_dim")
 
 
-def _whole(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def controlnet_config(section: Union[ControlNetConfig, dict, str, Path]) -> ControlNetConfig:
     """A ControlNetConfig from the original yaml's `control_stage_config` section ({target, params} or its params),
     a `model:` section holding one, or a path to such a yaml / json."""
@@ -133,12 +129,12 @@ def controlnet_config(section: Union[ControlNetConfig, dict, str, Path]) -> Cont
             raise ConfigError(f"control_stage_config {given} not supported: the sketch ControlNet (cldm_v21.yaml) "
                               f"sets {key}: {accepted!r}")
     for key in ("in_channels", "hint_channels", "model_channels", "num_res_blocks", "context_dim"):
-        if not _whole(params[key]) or params[key] < 1:
+        if not is_whole(params[key]) or params[key] < 1:
             raise ConfigError(f"control_stage_config `{key}` must be a whole number of at least 1; got "
                               f"{params[key]!r}")
     for key in ("channel_mult", "attention_resolutions"):
         value = params[key]
-        if not isinstance(value, (list, tuple)) or not all(_whole(v) and v >= 1 for v in value) or (
+        if not isinstance(value, (list, tuple)) or not all(is_whole(v) and v >= 1 for v in value) or (
                 key == "channel_mult" and not value):
             raise ConfigError(f"control_stage_config `{key}` must be a list of whole numbers >= 1; got {value!r}")
     nhc, nh = params["num_head_channels"], params["num_heads"]
@@ -376,6 +372,6 @@ def load_controlnet(source: Union[str, Path, StateDict], config: Union[None, dic
     with torch.device("meta"):
         net = ControlNet(cfg, ops=ops)
         layout = net if ops is nn else ControlNet(cfg)
-    _fill(net, layout, "", sd, {k: k for k in keys}, device, dtype, what, guess, cfg_note)
+    assign_weights(net, layout, "", sd, {k: k for k in keys}, device, dtype, what, guess, cfg_note)
     net.source = what
     return net.eval().requires_grad_(False)

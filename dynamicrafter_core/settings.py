@@ -16,7 +16,7 @@ from .errors import InputError
 SEED_RANGE = 2 ** 64  # what torch.Generator.manual_seed takes
 
 
-def _whole(value) -> bool:
+def is_whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -26,13 +26,13 @@ def _real(value) -> bool:
 
 def check_number(name: str, value, low: float, high: float, meaning: str, whole: bool = False) -> None:
     """Refuse `value` unless it is a finite number (a whole one if `whole`) in [low, high]."""
-    if not (_whole(value) if whole else _real(value)) or not low <= value <= high:
+    if not (is_whole(value) if whole else _real(value)) or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
         raise InputError(f"{name} must be {kind} from {low} to {high} ({meaning}); got {value!r}")
 
 
 def check_steps(steps, num_timesteps: int = 1000) -> None:
-    if not _whole(steps) or not 1 <= steps <= num_timesteps:
+    if not is_whole(steps) or not 1 <= steps <= num_timesteps:
         raise InputError(f"steps must be a whole number from 1 to {num_timesteps}; got {steps!r}")
 
 
