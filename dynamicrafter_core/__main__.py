@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
+        print("\ninterrupted: nothing was written", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130  # the shell's status for Ctrl-C
     return 0
 
