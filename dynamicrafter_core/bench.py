@@ -36,7 +36,7 @@ from .model import DynamiCrafter
 from .pipeline import encode_image_context, sample, visual_detail_guidance
 from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, TemporalConvBlock, UNet
 
-BENCH_VARIANTS = ("256", "512", "1024", "512_interp")
+BENCH_VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT = "a sailing boat drifting on a calm lake at sunset"
 SAME_TOLERANCE = 1e-4  # max |optimised - baseline| / std(baseline) that counts as the same output in float32
@@ -214,7 +214,8 @@ def test_image(height: int, width: int) -> torch.Tensor:
 
 
 def pipeline_run(model: DynamiCrafter, args, device: torch.device):
-    """One image-to-video run (interpolation for 512_interp), as `animate` does it, timed phase by phase.
+    """One image-to-video run (interpolation for 512_interp and ToonCrafter, whose decoder also takes the keyframes'
+    encoder features), as `animate` does it, timed phase by phase.
     Returns the video and {phase: {"s", "peak_bytes"}}."""
     height, width = args.size
     image = test_image(height, width)
@@ -227,6 +228,7 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device):
         latent = model.encode_latents(image, generator=generator)
         end = model.encode_latents(-image, generator=generator) if model.supports_interpolation else None
         concat = visual_detail_guidance(latent, args.frames, end)
+        references = model.encode_references(image, -image) if model.config.vae.dual_reference else None
     with measured(record, "sampling", device):
         if args.low_memory:
             model.place("sample", device)
@@ -234,7 +236,7 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device):
             latents = sample(model, cond.context, cond.uncond_context, concat, steps=args.steps, cfg=args.cfg,
                              generator=generator, batch_branches=not (args.baseline or args.low_memory))
     with measured(record, "vae_decode", device):
-        video = model.decode_latents(latents, chunk=args.decode_chunk)
+        video = model.decode_latents(latents, chunk=args.decode_chunk, references=references)
     phases = list(record.values())  # back to back, so together they are the whole run
     record["end_to_end"] = {"s": sum(r["s"] for r in phases), "peak_bytes": max(r["peak_bytes"] for r in phases)}
     record["unet_step"] = {"s": record["sampling"]["s"] / args.steps, "peak_bytes": record["sampling"]["peak_bytes"]}
@@ -378,7 +380,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
     ap.add_argument("--low-memory", action="store_true",
                     help="only the networks in use on the device, guidance branches one at a time")
-    ap.add_argument("--decode-chunk", type=int, default=1, help="frames per VAE decode call (default 1)")
+    ap.add_argument("--decode-chunk", type=int,
+                    help="frames per VAE decode call (default: 1; ToonCrafter: the whole video, as the original)")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the JSON result here")

@@ -157,20 +157,22 @@ class DynamiCrafter(nn.Module):
         return vae.encode_references(start.to(dev, dtype), end.to(dev, dtype))
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk: int = 1, device=None, references: Optional[list] = None,
-                       redecode: Optional[bool] = None) -> torch.Tensor:
-        """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames at a time.
-        Unclamped.
+    def decode_latents(self, latents: torch.Tensor, chunk: Optional[int] = None, device=None,
+                       references: Optional[list] = None, redecode: Optional[bool] = None) -> torch.Tensor:
+        """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames per decoder call
+        (default 1). Unclamped.
 
-        ToonCrafter (B, 4, T, h, w): each video in one pass of its decoder, whose temporal layers and keyframe
-        features (`references`, from encode_references) see all T frames; then, unless `redecode` is False, the
-        original's substitution of the two middle frames (T >= 4)."""
+        ToonCrafter (B, 4, T, h, w): by default each video in one pass of its decoder, whose temporal layers and
+        keyframe features (`references`, from encode_references) see all T frames; then, unless `redecode` is False,
+        the original's substitution of the two middle frames (T >= 4). `chunk` below T decodes that many frames per
+        pass, each pass with the keyframe features on its own first and last frame, as the original does for videos
+        longer than 16 frames: less memory, and less faithful for the 16-frame videos it decodes whole."""
         vae = self.vae
         dev, dtype = device or weights_device(vae), vae.dtype
         check_finite("the latents to decode", [latents], "the sampler that made them failed")
         z = (latents / self.config.scale_factor).to(dev, dtype)
         if self.config.vae.dual_reference:
-            frames = self._decode_video(z, references, redecode is not False)
+            frames = self._decode_video(z, references, redecode is not False, chunk)
         else:
             if references is not None:
                 raise InputError(f"references are keyframe features for ToonCrafter's decoder; this model is "
@@ -179,6 +181,7 @@ class DynamiCrafter(nn.Module):
             if video:
                 b, c, t, h, w = z.shape
                 z = z.transpose(1, 2).reshape(b * t, c, h, w)
+            chunk = chunk or 1
             frames = torch.cat([vae.decode(z[i:i + chunk]).float() for i in range(0, z.shape[0], chunk)])
             if video:
                 frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
@@ -187,7 +190,8 @@ class DynamiCrafter(nn.Module):
                      "it with --fp16-vae)")
         return frames
 
-    def _decode_video(self, z: torch.Tensor, references: Optional[list], redecode: bool) -> torch.Tensor:
+    def _decode_video(self, z: torch.Tensor, references: Optional[list], redecode: bool,
+                      chunk: Optional[int]) -> torch.Tensor:
         """ToonCrafter: (B, 4, T, h, w) scaled-back latents -> (B, 3, T, H, W) float32."""
         if z.ndim != 5:
             raise InputError(f"ToonCrafter decodes whole videos: latents (batch, 4, frames, h, w), got shape "
@@ -195,10 +199,15 @@ class DynamiCrafter(nn.Module):
         if references is not None:
             references = [r.to(z) for r in references]
 
-        def one_pass(latents):
+        def one_pass(latents):  # `chunk` frames per decoder pass, by default all of them
             b, c, t, h, w = latents.shape
-            frames = self.vae.decode(latents.transpose(1, 2).reshape(b * t, c, h, w), references, frames=t)
-            return frames.float().unflatten(0, (b, t)).transpose(1, 2)
+            parts = []
+            for i in range(0, t, chunk or t):
+                part = latents[:, :, i:i + (chunk or t)]
+                n = part.shape[2]
+                frames = self.vae.decode(part.transpose(1, 2).reshape(b * n, c, h, w), references, frames=n)
+                parts.append(frames.float().unflatten(0, (b, n)).transpose(1, 2))
+            return torch.cat(parts, dim=2)
 
         frames = one_pass(z)
         t = z.shape[2]

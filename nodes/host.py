@@ -168,6 +168,13 @@ def load(patchers: Sequence, memory_required: int, full: bool = False) -> None:
     mm.load_models_gpu(list(patchers), memory_required=int(memory_required), force_full_load=full)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device` for working memory now (after ComfyUI made room for the loaded models)."""
+    import comfy.model_management as mm
+
+    return int(mm.get_free_memory(device))
+
+
 def check_interrupt() -> None:
     """Raises ComfyUI's InterruptProcessingException once Cancel was pressed; callers never catch it."""
     import comfy.model_management as mm

@@ -5,6 +5,7 @@ A seed reproduces dynamicrafter_core.pipeline.animate: one CPU generator draws t
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 import torch
@@ -19,6 +20,7 @@ from .sketch import SKETCH, Sketch
 from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
 
 SEED_RANGE = 2 ** 64
+log = logging.getLogger(__name__)
 
 SAMPLING_INPUTS = {
     "seed": ("INT", {"default": 0, "min": 0, "max": SEED_RANGE - 1, "control_after_generate": True,
@@ -104,10 +106,18 @@ def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optiona
         if references is None:
             raise InputError(f"{model.name} is ToonCrafter, whose decoder needs the keyframes' features: connect a "
                              "Visual Detail Guidance in interpolation or loop mode")
-        host.load(model.patchers_for("vae"),
-                  memory.video_decoder(latents.shape[0], latents.shape[2], h * 8, w * 8, vae.cfg.ch,
-                                       vae.dtype.itemsize), full=True)
-        return model.core.decode_latents(latents, device=device, references=references).cpu()
+        frames = latents.shape[2]
+        need = memory.video_decoder(latents.shape[0], frames, h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize)
+        host.load(model.patchers_for("vae"), need, full=True)
+        per_pass = None
+        if not host.is_cpu(device) and need > (free := host.free_memory(device)):
+            # a small GPU: fewer frames per decoder pass, each with the keyframes on its own first and last frame
+            # (what the original does past 16 frames), rather than running out of memory
+            per_pass = max(2, int(free / (need / frames)))
+            log.warning("ToonCrafter's decoder needs about %.1f GiB for all %d frames at once, %.1f GiB are free: "
+                        "decoding %d frames per pass, which is less faithful to the original's single pass",
+                        need / 2 ** 30, frames, free / 2 ** 30, per_pass)
+        return model.core.decode_latents(latents, per_pass, device=device, references=references).cpu()
     host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize), full=True)
     frames = []
     for t in range(latents.shape[2]):

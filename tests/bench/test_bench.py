@@ -56,3 +56,17 @@ def test_random_real_size_model_builds_on_meta():
     model = bench.random_model(VARIANT_CONFIGS["256"], "256", torch.device("meta"), torch.bfloat16)
     assert model.variant == "256" and model.unet.dtype == torch.bfloat16
     assert sum(p.numel() for p in model.unet.parameters()) == 1_438_854_996
+
+
+def test_the_tooncrafter_pipeline_benchmarks_with_its_keyframe_decoder(tmp_path):
+    """The ToonCrafter row: interpolation whose decode takes the keyframes' encoder features (tiny model here)."""
+    out = tmp_path / "toon.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "dynamicrafter_core.bench", "--checkpoint",
+         str(ROOT / "tests" / "fixtures" / "tiny_toon" / "tiny_toon.safetensors"), "--variant", "tooncrafter",
+         "--device", "cpu", "--steps", "2", "--size", "64x64", "--frames", "8", "--repeats", "1", "--warmup", "0",
+         "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["model"] == "DynamiCrafter tooncrafter"
+    assert report["runs"]["optimised"]["vae_decode"]["median_s"] > 0

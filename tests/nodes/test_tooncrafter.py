@@ -164,3 +164,16 @@ def test_a_sketch_encoder_of_another_width_is_refused_by_name(pack, host, toon, 
                                          r"\[32, 4, 3, 3\], so the file is .* but the released sketch_encoder's "
                                          r"configuration .* builds model_channels 320"):
         pack.nodes.sketch.SketchEncoderLoader().load(sketch_encoder_name="tiny_sketch.safetensors")
+
+
+def test_a_small_gpu_decodes_tooncrafter_in_passes_and_says_so(pack, nodes, host, toon, monkeypatch, caplog):
+    """Where the whole video's decode does not fit, fewer frames per pass (as the original does past 16 frames),
+    with a warning that it is less faithful, instead of running out of memory."""
+    whole = interpolate_with(nodes, toon)
+    monkeypatch.setattr(pack.nodes.host, "is_cpu", lambda device: False)  # the fake's device stands for a GPU
+    need = pack.nodes.memory.video_decoder(1, FRAMES, 64, 64, toon.core.vae.cfg.ch, 4)
+    host.free_bytes = need // 2
+    with caplog.at_level("WARNING"):
+        passes = interpolate_with(nodes, toon)
+    assert "decoding 4 frames per pass, which is less faithful" in caplog.text
+    assert torch.isfinite(passes).all() and passes.shape == whole.shape and not torch.equal(passes, whole)
