@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from .errors import ConfigError
 
@@ -285,7 +285,3 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     if top["parameterization"] not in ("eps", "v"):
         raise ConfigError(f"parameterization {top['parameterization']!r} is not supported (use 'eps' or 'v')")
     return ModelConfig(unet=unet, vae=vae, text_encoder=text, image_encoder=image, query_transformer=qt, **top)
-
-
-def with_changes(cfg: ModelConfig, **changes: Any) -> ModelConfig:
-    return replace(cfg, **changes)

@@ -275,7 +275,6 @@ class Conditioning:
     context: torch.Tensor  # (B, 77 + 16 T, D) text + image context
     uncond_context: torch.Tensor  # negative text + mid-grey image context
     text_uncond_context: torch.Tensor  # negative text + real image context (three-branch guidance)
-    concat: Optional[torch.Tensor] = None  # (B, 4, T, h, w)
 
 
 def text_image_context(text: torch.Tensor, negative_text: torch.Tensor, image_tokens: torch.Tensor,

@@ -2,8 +2,6 @@
 from ComfyUI's CLIP (SD2.x OpenCLIP-H text) and CLIP_VISION (ViT-H/14)."""
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from ..dynamicrafter_core.errors import InputError, MissingEncoderError
@@ -11,8 +9,6 @@ from ..dynamicrafter_core.pipeline import Conditioning, text_image_context
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import host, memory
 from .sockets import CONTEXT, MODEL_INPUT, DynamiCrafterModel, ImageContext, core_to_image, expect, image_to_core
-
-log = logging.getLogger(__name__)
 
 TEXT_WIDTHS = {768: "SD1.x's CLIP-L", 1280: "SDXL's CLIP-G", 2048: "SDXL's dual CLIP", 4096: "a T5 encoder"}
 VISION_WIDTHS = {1024: "CLIP ViT-L/14 (SD1.5 IP-Adapter's)", 1664: "CLIP ViT-bigG/14", 1152: "SigLIP"}
