@@ -28,7 +28,7 @@ import torch.nn as nn
 from .checkpoint import StateDict, assign_weights, looks_like, read_state_dict, sidecar_config
 from .config import load_config_file
 from .errors import CheckpointError, ConfigError, InputError
-from .settings import is_whole
+from .settings import check_pixels, is_whole
 from .unet import Downsample, ResBlock, SpatialTransformer, UNetBlock, timestep_embedding
 
 # the hint encoder's widths; its convs into widths 2, 4 and 6 have stride 2, so it meets the latents at 1/8 the size
@@ -184,13 +184,7 @@ def check_hint(hint, batch: int, frames: int, height: int, width: int, channels:
     if not hint.is_floating_point():
         raise InputError(f"sketch hint values must be floats in [0, 1]; got {str(hint.dtype).replace('torch.', '')} "
                          "(divide 0..255 values by 255)")
-    bad = (~torch.isfinite(hint)).sum().item()
-    if bad:
-        raise InputError(f"the sketch hint holds {bad} NaN or infinite values; give drawings with real pixel values")
-    low, high = hint.aminmax()
-    if low < -1e-3 or high > 1 + 1e-3:  # a little slack for resampling round-off
-        raise InputError(f"sketch hint values range from {low.item():g} to {high.item():g}, but [0, 1] is expected "
-                         "(white lines, 1, on black, 0)")
+    check_pixels("sketch hint", hint, 0.0, 1.0, "drawings", " (white lines, 1, on black, 0)")
 
 
 def sketch_hint(drawings: torch.Tensor, frames: int, height: int, width: int, at: Optional[list] = None,
@@ -340,7 +334,8 @@ def load_controlnet(source: Union[str, Path, StateDict], config: Union[None, dic
     """Build the sketch ControlNet from its file (`sketch_encoder.ckpt` or a .safetensors of it) or a state dict.
 
     config: the original yaml's `control_stage_config` section (dict, path or ControlNetConfig); by default a
-            <stem>.yaml / .json beside the file, else the released sketch_encoder's. device: where the weights go. dtype: the weights' dtype (None: the file's).
+            <stem>.yaml / .json beside the file, else the released sketch_encoder's. device: where the weights
+            go. dtype: the weights' dtype (None: the file's).
     Every key must be there with its shape, and nothing else; every tensor is copied out of the file."""
     if isinstance(source, (str, Path)):
         path = Path(source)

@@ -20,8 +20,8 @@ from .controlnet import LATENT_SCALE, ControlNet, check_hint
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .sampler import SPACINGS, StepCallback, ddim_timesteps, guided_denoiser, sample_ddim
-from .settings import (check_eta, check_fs, check_frames, check_guidance, check_number, check_prompt, check_seed,
-                       check_steps)
+from .settings import (check_eta, check_fs, check_frames, check_guidance, check_number, check_pixels, check_prompt,
+                       check_seed, check_steps)
 
 DEFAULT_CONTROL_SCALE = 0.6  # the sketch fork's default (its gradio app); it offers 0 to 1
 
@@ -194,13 +194,8 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
         images = images.float() / 127.5 - 1.0
     elif not images.is_floating_point():
         raise InputError(f"image values must be floats in [-1, 1] or uint8 in 0..255; got {images.dtype}")
-    bad = (~torch.isfinite(images)).sum().item()
-    if bad:
-        raise InputError(f"the image holds {bad} NaN or infinite values; give an image with real pixel values")
-    low, high = images.aminmax() if images.numel() else (torch.tensor(0.0), torch.tensor(0.0))
-    if low < -1.001 or high > 1.001:  # a little slack for resampling round-off
-        raise InputError(f"image values range from {low.item():g} to {high.item():g}, but [-1, 1] is expected: an "
-                         "image in 0..255 is a uint8 tensor, or divide it by 127.5 and subtract 1")
+    check_pixels("image", images, -1.0, 1.0, "an image",
+                 ": an image in 0..255 is a uint8 tensor, or divide it by 127.5 and subtract 1")
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4:

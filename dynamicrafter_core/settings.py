@@ -80,6 +80,19 @@ def check_frames(frames) -> None:
                  whole=True)
 
 
+def check_pixels(name: str, values: torch.Tensor, low: float, high: float, noun: str, fix: str) -> None:
+    """Refuse NaN / Inf, or values outside [low, high] (a little slack for resampling round-off), in the `name`
+    pixels (an image, a sketch hint); `noun` is what to give instead, `fix` ends the range message."""
+    bad = (~torch.isfinite(values)).sum().item()
+    if bad:
+        raise InputError(f"the {name} holds {bad} NaN or infinite values; give {noun} with real pixel values")
+    if values.numel():
+        least, most = values.aminmax()
+        if least < low - 1e-3 or most > high + 1e-3:
+            raise InputError(f"{name} values range from {least.item():g} to {most.item():g}, but [{low:g}, "
+                             f"{high:g}] is expected{fix}")
+
+
 def check_prompt(name: str, prompt) -> None:
     if not isinstance(prompt, str):
         raise InputError(f"{name} must be a string (\"\" for none); got {type(prompt).__name__} {prompt!r}")

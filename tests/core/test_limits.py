@@ -186,3 +186,16 @@ def test_the_command_line_never_runs_the_vae_in_fp16(photo, tmp_path, monkeypatc
                                             str(CONFIG_FILE), "--dtype", dtype, "-o", str(tmp_path / "x.gif")])
     cli_module.run(args)
     assert seen == {"vae": vae, "unet": {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, torch.float32)}
+
+
+@pytest.mark.parametrize("hint,message", [
+    (torch.full((1, 1, 4, 64, 64), float("nan")), "the sketch hint holds 16384 NaN or infinite values; give drawings"),
+    (torch.full((1, 1, 4, 64, 64), 255.0), "sketch hint values range from 255 to 255, but [0, 1] is expected (white "
+                                           "lines, 1, on black, 0)"),
+])
+def test_a_bad_sketch_hint_is_named(hint, message):
+    from dynamicrafter_core.controlnet import check_hint
+
+    with pytest.raises(InputError) as refused:
+        check_hint(hint, batch=1, frames=4, height=64, width=64, channels=1)
+    assert message in str(refused.value)
