@@ -33,7 +33,8 @@ import torch.nn as nn
 from .attention import reference_attention
 from .config import (VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig)
 from .model import DynamiCrafter
-from .pipeline import encode_image_context, sample, visual_detail_guidance
+from .noise import generator as seed_generator
+from .pipeline import encode_image_context, guidance_latents, sample
 from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, TemporalConvBlock, UNet
 
 BENCH_VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter")
@@ -219,15 +220,14 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device):
     Returns the video and {phase: {"s", "peak_bytes"}}."""
     height, width = args.size
     image = test_image(height, width)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = seed_generator(args.seed)
     record = {}
     with measured(record, "encoders", device):
         if args.low_memory:
             model.place("encode", device)
         cond = encode_image_context(model, image, PROMPT)
-        latent = model.encode_latents(image, generator=generator)
-        end = model.encode_latents(-image, generator=generator) if model.supports_interpolation else None
-        concat = visual_detail_guidance(latent, args.frames, end)
+        end = model.encode_posterior(-image) if model.supports_interpolation else None
+        concat = guidance_latents(model, model.encode_posterior(image), end, args.frames, generator)
         references = model.encode_references(image, -image) if model.config.vae.dual_reference else None
     with measured(record, "sampling", device):
         if args.low_memory:

@@ -19,6 +19,8 @@ import torch
 from .controlnet import LATENT_SCALE, ControlNet, check_hint
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
+from .noise import generator as seed_generator
+from .noise import normal
 from .sampler import SPACINGS, StepCallback, ddim_timesteps, guided_denoiser, sample_ddim
 from .settings import (check_eta, check_fs, check_frames, check_guidance, check_number, check_pixels, check_prompt,
                        check_seed, check_steps)
@@ -41,8 +43,8 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
 
     context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
-    Noise: `x_T` and `step_noise` (steps, B, 4, T, h, w) when given, else drawn from `generator` on the CPU (so a
-    seed gives the same video on every device).
+    Noise: `x_T` and `step_noise` (steps, B, 4, T, h, w) when given, else drawn from `generator` on the CPU in the
+    order of noise.py (x_T, then each stochastic step's).
     image_cfg + text_uncond_context: the three-branch guidance with its own image scale.
     device: where to sample (default: where the UNet's first layer is; a host that loads the UNet partially says).
     control + hint: ToonCrafter's sketch guidance, a ControlNet (`load_controlnet`) and one drawing per frame,
@@ -73,13 +75,10 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
         fs = model.defaults.fs
     fs = torch.as_tensor(fs, dtype=torch.long).reshape(-1).expand(b).to(dev)
 
-    def draw():
-        return torch.randn(shape, generator=generator, dtype=torch.float32)
-
-    x = (x_T if x_T is not None else draw()).to(dev, torch.float32)
+    x = (x_T if x_T is not None else normal(generator, shape)).to(dev, torch.float32)
     if step_noise is not None and step_noise.shape[0] < steps:
         raise InputError(f"step_noise holds {step_noise.shape[0]} steps of noise; {steps} are needed")
-    noise = (lambda i: step_noise[i]) if step_noise is not None else (lambda i: draw())
+    noise = (lambda i: step_noise[i]) if step_noise is not None else (lambda i: normal(generator, shape))
 
     concat = concat.to(dev, torch.float32)
     unet = model.unet
@@ -294,6 +293,15 @@ def encode_image_context(model: DynamiCrafter, image: torch.Tensor, prompt: str 
     return text_image_context(text[:1], text[1:], tokens[:-1], tokens[-1:])
 
 
+def guidance_latents(model: DynamiCrafter, start: tuple, end: Optional[tuple], frames: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """The visual detail guidance (B, 4, T, h, w) from the VAE posteriors (mean, std) of the start and (interpolation,
+    loop) end images, their noise drawn from `generator` first, as noise.py orders a run's draws."""
+    latent_start = model.sample_latents(start, generator=generator)
+    latent_end = model.sample_latents(end, generator=generator) if end is not None else None
+    return visual_detail_guidance(latent_start, frames, latent_end)
+
+
 def visual_detail_guidance(latent_start: torch.Tensor, frames: int,
                            latent_end: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, 4, h, w) latents -> (B, 4, T, h, w): the start latent on every frame (i2v), or start on the first and end
@@ -373,14 +381,13 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             n = max(start.shape[0], end.shape[0])
             start, end = start.expand(n, -1, -1, -1), end.expand(n, -1, -1, -1)
 
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = seed_generator(seed)
     home = weights_device(model.vae)  # low_memory moves the other networks; the VAE stays
     if low_memory:
         model.place("encode", home)
     cond = encode_image_context(model, start, prompt, negative_prompt)
-    latent_start = model.encode_latents(start, generator=generator)
-    latent_end = model.encode_latents(end, generator=generator) if end is not None else None
-    concat = visual_detail_guidance(latent_start, frames, latent_end)
+    concat = guidance_latents(model, model.encode_posterior(start),
+                              model.encode_posterior(end) if end is not None else None, frames, generator)
     references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:
         model.place("sample", home)

@@ -16,6 +16,7 @@ applied inside the step, after guidance, leaving eps as it was (as the original 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -70,6 +71,11 @@ class NoiseSchedule:
     @property
     def num_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
+
+    @functools.cached_property
+    def sqrt_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(ᾱ) and sqrt(1 - ᾱ) as float32 tables, as the original's sampler reads them."""
+        return self.alphas_cumprod.sqrt().float(), (1.0 - self.alphas_cumprod).sqrt().float()
 
 
 def ddim_timesteps(steps: int, spacing: str = "uniform_trailing", num_timesteps: int = 1000) -> torch.Tensor:
@@ -138,15 +144,22 @@ def guided_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.
             outs = model_fn(torch.cat([x] * n), t, stacked).chunk(n)
         else:
             outs = [model_fn(x, t, c) for c in contexts]
-        if three:
-            m_c, m_uu, m_ui = outs
-            m = m_uu + image_cfg * (m_ui - m_uu) + cfg * (m_c - m_ui)
-        else:
-            m_c, m_u = outs
-            m = m_u + cfg * (m_c - m_u)
-        return rescale_guidance(m, m_c, guidance_rescale) if guidance_rescale > 0 else m
+        m = combine_guidance(outs, cfg, image_cfg if three else None)
+        return rescale_guidance(m, outs[0], guidance_rescale) if guidance_rescale > 0 else m
 
     return denoise
+
+
+def combine_guidance(outs: Sequence[torch.Tensor], cfg: float, image_cfg: Optional[float] = None) -> torch.Tensor:
+    """The guided prediction from the branches' predictions, in guided_denoiser's order: (conditional,
+    unconditional) or, with image_cfg, (conditional, unconditional, empty text with the image). Linear, so it may be
+    applied to any prediction that is affine in the model output with the same coefficients for every branch (v,
+    eps, or the denoised latent at one noise level)."""
+    if image_cfg is not None:
+        m_c, m_uu, m_ui = outs
+        return m_uu + image_cfg * (m_ui - m_uu) + cfg * (m_c - m_ui)
+    m_c, m_u = outs
+    return m_u + cfg * (m_c - m_u)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,11 +170,94 @@ def ddim_parameters(schedule: NoiseSchedule, timesteps: torch.Tensor, eta: float
     """a_t, a_prev, sigma_t for each visited timestep (ascending order), as float64 tensors.
 
     The original keeps ᾱ in a float32 buffer and reads it from there; doing the same keeps the last digits equal."""
-    ac = schedule.alphas_cumprod.float().double()
+    ac = exact_alphas_cumprod(schedule)
     a_t = ac[timesteps]
     a_prev = torch.cat([ac[:1], ac[timesteps[:-1]]])
-    sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-    return a_t, a_prev, sigma
+    return a_t, a_prev, ddim_sigma(a_t, a_prev, eta)
+
+
+def exact_alphas_cumprod(schedule: NoiseSchedule) -> torch.Tensor:
+    """ᾱ as the original's sampler reads it: from a float32 buffer (so the last digits agree), in float64."""
+    return schedule.alphas_cumprod.float().double()
+
+
+def ddim_sigma(a_t, a_prev, eta: float):
+    """DDIM's step noise level sigma_t (module docstring) for tensors or floats of ᾱ."""
+    return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: float, sigma: float,
+              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """DDIM's update (module docstring): the latent at ᾱ = a_prev from the predicted x0 and eps; `noise` (standard
+    normal) is needed when sigma > 0."""
+    x = a_prev ** 0.5 * x0 + max(1.0 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        x = x + sigma * noise.to(x)
+    return x
+
+
+def split_prediction(parameterization: str, out: torch.Tensor, z: torch.Tensor, a_t: float):
+    """The model output at ᾱ = a_t for the latent z -> (x0, eps), as the original computes them."""
+    if parameterization == "v":
+        return a_t ** 0.5 * z - (1.0 - a_t) ** 0.5 * out, a_t ** 0.5 * out + (1.0 - a_t) ** 0.5 * z
+    return (z - (1.0 - a_t) ** 0.5 * out) / a_t ** 0.5, out
+
+
+def prediction_from_x0(parameterization: str, x0: torch.Tensor, z: torch.Tensor, a_t) -> torch.Tensor:
+    """The inverse of split_prediction's x0: the model output (v or eps) that predicts x0 from z at ᾱ = a_t (a float
+    or a tensor broadcasting to z). Guidance rescale acts on the model output; a host that hands over x0 converts."""
+    if parameterization == "v":
+        return (a_t ** 0.5 * z - x0) / (1.0 - a_t) ** 0.5
+    return (z - a_t ** 0.5 * x0) / (1.0 - a_t) ** 0.5
+
+
+def x0_from_prediction(parameterization: str, out: torch.Tensor, z: torch.Tensor, a_t) -> torch.Tensor:
+    if parameterization == "v":
+        return a_t ** 0.5 * z - (1.0 - a_t) ** 0.5 * out
+    return (z - (1.0 - a_t) ** 0.5 * out) / a_t ** 0.5
+
+
+def rescale_ratio(schedule: NoiseSchedule, t: int, t_prev: int):
+    """DynamiCrafter's dynamic rescale of x0 between two timesteps: s(t_prev) / s(t) (1 without rescale). The
+    model was trained on latents scaled by s(t); the original's last step passes t_prev = t (ratio 1)."""
+    if schedule.scale_arr is None:
+        return 1.0
+    scale = schedule.scale_arr.float()
+    return scale[t_prev] / scale[t]
+
+
+# Zero terminal SNR makes ᾱ exactly 0 at the last timestep, where sigma = sqrt((1 - ᾱ) / ᾱ) is infinite. Hosts that
+# integrate in sigma (ComfyUI, diffusers) put this ᾱ in its place; only the sigma table uses it.
+TERMINAL_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def effective_sigmas(schedule: NoiseSchedule) -> torch.Tensor:
+    """sigma_eff(t) = sigma_t / s(t) for every training timestep, float64, increasing.
+
+    With the dynamic rescale the model was trained on z_t = sqrt(ᾱ_t) s(t) x0 + sqrt(1 - ᾱ_t) eps, so
+    z_t / (s(t) sqrt(ᾱ_t)) = x0 + sigma_eff(t) eps: a sampler that integrates x0 + sigma eps with this table follows
+    the process the model learned. Without rescale it is the plain sigma table."""
+    ac = schedule.alphas_cumprod.clone()
+    ac[ac <= 0] = TERMINAL_ALPHA_BAR
+    sigmas = ((1.0 - ac) / ac).sqrt()
+    if schedule.scale_arr is not None:
+        sigmas = sigmas / schedule.scale_arr[:ac.shape[0]]
+    return sigmas
+
+
+def ddim_update(schedule: NoiseSchedule, out: torch.Tensor, x: torch.Tensor, t: int, t_prev: int, a_t: float,
+                a_prev: float, sigma: float, noise: Optional[torch.Tensor] = None):
+    """One step of the original's DDIM from x at timestep t, given the (guided) model output: returns (the latent at
+    ᾱ = a_prev, the predicted x0). t_prev only sets the dynamic rescale's ratio s(t_prev) / s(t) (the original's last
+    step passes t). Every sampler of the project takes its steps here, so their float32 maths is one."""
+    if schedule.parameterization == "v":  # the float32 tables, as the original
+        sqrt_ac, sqrt_1m_ac = schedule.sqrt_tables
+        eps = sqrt_ac[t] * out + sqrt_1m_ac[t] * x
+        x0 = sqrt_ac[t] * x - sqrt_1m_ac[t] * out
+    else:
+        x0, eps = split_prediction("eps", out, x, a_t)
+    x0 = x0 * rescale_ratio(schedule, t, t_prev)
+    return ddim_step(x0, eps, a_prev, sigma, noise if sigma > 0 else None), x0
 
 
 def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
@@ -174,28 +270,15 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, ti
     check_eta(eta)
     timesteps = torch.as_tensor(timesteps).long()
     a_t_all, a_prev_all, sigma_all = ddim_parameters(schedule, timesteps, eta)
-    sqrt_ac = schedule.alphas_cumprod.sqrt().float()
-    sqrt_1m_ac = (1.0 - schedule.alphas_cumprod).sqrt().float()
-    scale = schedule.scale_arr.float() if schedule.scale_arr is not None else None
     n = len(timesteps)
     for i in range(n):
         index = n - 1 - i
         t = int(timesteps[index])
         a_t, a_prev, sigma = (float(v[index]) for v in (a_t_all, a_prev_all, sigma_all))
         out = denoiser(x, t).float()
-        if schedule.parameterization == "v":
-            eps = sqrt_ac[t] * out + sqrt_1m_ac[t] * x
-            x0 = sqrt_ac[t] * x - sqrt_1m_ac[t] * out
-        else:
-            eps = out
-            x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t ** 0.5
-        if scale is not None:
-            # s(t_prev) / s(t): the model was trained on latents scaled by s(t); the last step keeps ratio 1
-            t_prev = int(timesteps[index - 1]) if index > 0 else t
-            x0 = x0 * (scale[t_prev] / scale[t])
-        x = a_prev ** 0.5 * x0 + max(1.0 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            x = x + sigma * noise(i).to(x)
+        # the last step keeps ratio 1 (the original's t_prev is t there)
+        x, x0 = ddim_update(schedule, out, x, t, int(timesteps[index - 1]) if index > 0 else t, a_t, a_prev, sigma,
+                            noise(i) if sigma > 0 else None)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
     return x

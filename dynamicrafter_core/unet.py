@@ -12,7 +12,8 @@ then the transformers' (B*T, H*W, C) tokens are a view of it rather than a copy.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -327,6 +328,17 @@ class UNetBlock(nn.ModuleList):
         return x
 
 
+@dataclass
+class BlockPatches:
+    """Functions a host runs between the UNet's blocks, on the per-frame hidden state (B*T, C, h, w), in list order:
+    after_input (i, hidden) -> hidden after input block i, before its skip is saved; after_skip (i, hidden) -> hidden
+    after it is saved; before_output (i, hidden, skip) -> (hidden, skip) before output block i joins them (ComfyUI's
+    input_block_patch, input_block_patch_after_skip and output_block_patch, which FreeU uses)."""
+    after_input: Sequence[Callable] = ()
+    after_skip: Sequence[Callable] = ()
+    before_output: Sequence[Callable] = ()
+
+
 class UNet(nn.Module):
     """The 3D UNet. forward(x (B, 8, T, h, w), t (B,), context (B, L, D), fs (B,)) -> (B, 4, T, h, w).
 
@@ -420,34 +432,43 @@ class UNet(nn.Module):
             return torch.cat([text, image], dim=1)
         return context.repeat_interleave(frames, dim=0)
 
-    def control_residuals(self, control: Sequence[torch.Tensor], scale: float, batch_size: int,
-                          frames: int) -> list[torch.Tensor]:
-        """A ControlNet's residuals (B, C, T, h, w) as scaled (B*T, C, h, w) tensors in the compute dtype; the
-        count is checked here, each shape where it is added."""
+    def control_residuals(self, control: Sequence[Optional[torch.Tensor]], scale: float, batch_size: int,
+                          frames: int) -> list[Optional[torch.Tensor]]:
+        """A ControlNet's residuals, each (B, C, T, h, w) or already per frame (B*T, C, h, w), or None (nothing
+        added there), as scaled (B*T, C, h, w) tensors in the compute dtype; the count is checked here, each shape
+        where it is added."""
         expected = len(self.skip_channels) + 1
         if len(control) != expected:
             raise InputError(f"the UNet takes {expected} ControlNet residuals (one per skip connection and one for "
                              f"the middle block), got {len(control)}; the ControlNet was made for another UNet")
         out = []
         for k, r in enumerate(control):
-            if r.ndim != 5 or r.shape[0] != batch_size or r.shape[2] != frames:
+            if r is None:
+                out.append(None)
+                continue
+            if r.ndim == 5 and r.shape[0] == batch_size and r.shape[2] == frames:
+                r = r.transpose(1, 2).reshape(batch_size * frames, r.shape[1], r.shape[3], r.shape[4])
+            elif r.ndim != 4 or r.shape[0] != batch_size * frames:
                 raise InputError(f"ControlNet residual {k} has shape {tuple(r.shape)}; (batch {batch_size}, "
-                                 f"channels, {frames} frames, height, width) is expected")
-            flat = r.transpose(1, 2).reshape(batch_size * frames, r.shape[1], r.shape[3], r.shape[4])  # (BT, C, h, w)
-            out.append((flat * scale).to(self.dtype))
+                                 f"channels, {frames} frames, height, width) or ({batch_size * frames} frames, "
+                                 "channels, height, width) is expected")
+            out.append(r * scale if scale != 1 else r)
         return out
 
     @staticmethod
-    def _add_residual(hidden: torch.Tensor, residual: torch.Tensor, k: int) -> torch.Tensor:
+    def _add_residual(hidden: torch.Tensor, residual: Optional[torch.Tensor], k: int) -> torch.Tensor:
+        if residual is None:
+            return hidden
         if residual.shape != hidden.shape:
             raise InputError(f"ControlNet residual {k} has {residual.shape[1]} channels of "
                              f"{residual.shape[2]}x{residual.shape[3]}, where the UNet has {hidden.shape[1]} of "
                              f"{hidden.shape[2]}x{hidden.shape[3]}: the ControlNet was made for another UNet")
-        return hidden + residual  # hidden first: the sum keeps its memory format
+        return hidden + residual.to(hidden.dtype)  # hidden first: the sum keeps its memory format
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 fs: Optional[torch.Tensor] = None, control: Optional[Sequence[torch.Tensor]] = None,
-                control_scale: float = 1.0) -> torch.Tensor:
+                control_scale: float = 1.0, patches: Optional[BlockPatches] = None) -> torch.Tensor:
+        """patches: a host's functions between the blocks (BlockPatches); none by default."""
         b, _, frames, h, w = x.shape
         dtype = self.dtype
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
@@ -463,20 +484,27 @@ class UNet(nn.Module):
         hidden = x.transpose(1, 2).reshape(b * frames, -1, h, w).to(dtype)  # (BT, C, h, w)
         if self.channels_last:
             hidden = hidden.contiguous(memory_format=torch.channels_last)
+        patches = patches or BlockPatches()
         skips = []
         for i, block in enumerate(self.input_blocks):
             hidden = block(hidden, emb, context, b, self.ff_tokens)
             if i == 0 and hasattr(self, "init_attn"):
                 hidden = self.init_attn(hidden, emb, context, b, self.ff_tokens)
+            for patch in patches.after_input:
+                hidden = patch(i, hidden)
             skips.append(hidden)
+            for patch in patches.after_skip:
+                hidden = patch(i, hidden)
         hidden = self.middle_block(hidden, emb, context, b, self.ff_tokens)
         residuals = None if control is None else self.control_residuals(control, control_scale, b, frames)
         if residuals:  # the last residual goes to the middle block's output, the others to the skips, last first
             hidden = self._add_residual(hidden, residuals.pop(), len(residuals))
-        for block in self.output_blocks:
+        for i, block in enumerate(self.output_blocks):
             skip = skips.pop()
             if residuals:
                 skip = self._add_residual(skip, residuals.pop(), len(residuals))
+            for patch in patches.before_output:
+                hidden, skip = patch(i, hidden, skip)
             hidden = block(torch.cat([hidden, skip], dim=1), emb, context, b, self.ff_tokens)
         out = self.out[2](F.silu(group_norm_fp32(self.out[0], hidden)))
         return out.reshape(b, frames, -1, h, w).transpose(1, 2).to(x.dtype)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import VAEConfig
+from .noise import normal
 from .unet import group_norm_fp32
 
 
@@ -363,5 +364,5 @@ def sample_posterior(mean: torch.Tensor, std: torch.Tensor, noise: Optional[torc
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """mean + std * noise; noise drawn on the CPU (as the original) when not given, so seeds agree across devices."""
     if noise is None:
-        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+        noise = normal(generator, mean.shape)
     return mean + std * noise.to(mean)

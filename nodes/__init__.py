@@ -4,6 +4,7 @@ from . import host
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
+from .native_nodes import Conditioning, DDIMSampler, Decode, Guider, GuidanceRescale, NativeModel, Noise, Scheduler
 from .sampler import FrameInterpolate, I2VSampler
 from .sketch import SketchEncoderLoader, SketchGuidance
 
@@ -15,6 +16,14 @@ NODES = {
     "DynamiCrafterAnimate_FrameInterpolate": (FrameInterpolate, "Frame Interpolate"),
     "DynamiCrafterAnimate_SketchEncoderLoader": (SketchEncoderLoader, "Load Sketch Encoder"),
     "DynamiCrafterAnimate_SketchGuidance": (SketchGuidance, "Sketch Guidance"),
+    "DynamiCrafterAnimate_NativeModel": (NativeModel, "DynamiCrafter Model"),
+    "DynamiCrafterAnimate_Conditioning": (Conditioning, "DynamiCrafter Conditioning"),
+    "DynamiCrafterAnimate_Scheduler": (Scheduler, "DynamiCrafter Scheduler"),
+    "DynamiCrafterAnimate_DDIMSampler": (DDIMSampler, "DynamiCrafter DDIM Sampler"),
+    "DynamiCrafterAnimate_Guider": (Guider, "DynamiCrafter Guider"),
+    "DynamiCrafterAnimate_Noise": (Noise, "DynamiCrafter Noise"),
+    "DynamiCrafterAnimate_GuidanceRescale": (GuidanceRescale, "DynamiCrafter Guidance Rescale"),
+    "DynamiCrafterAnimate_Decode": (Decode, "DynamiCrafter Decode"),
 }
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

@@ -132,6 +132,8 @@ class Loader:
                 continue
             if place == "encoders":
                 module.to(plan["encoders"])
+            if stage == "unet":
+                module = host.diffusion_model(core, plan["unet_compute"])
             patchers[stage] = host.model_patcher(module, *devices[place], streaming=streaming)
         names = {k: str(v).replace("torch.", "") for k, v in plan.items()}
         info = (f"{core.describe()} | weights: UNet {names['unet']} (computed in {names['unet_compute']}), "

@@ -1,7 +1,7 @@
 """I2V Sampler and Frame Interpolate: DDIM over the 3D UNet, then the VAE decode, frame by frame.
 
-A seed reproduces dynamicrafter_core.pipeline.animate: one CPU generator draws the guidance latents' posterior noise
-(start, then end), then the initial noise, then each step's noise.
+A seed reproduces dynamicrafter_core.pipeline.animate: the run draws its noise in the order of
+dynamicrafter_core/noise.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Callable, Optional
 import torch
 
 from ..dynamicrafter_core.errors import InputError
-from ..dynamicrafter_core.pipeline import fit_image, frames_to_images, sample, visual_detail_guidance
+from ..dynamicrafter_core.settings import SEED_RANGE
+from ..dynamicrafter_core.noise import generator as seed_generator
+from ..dynamicrafter_core.pipeline import fit_image, frames_to_images, guidance_latents, sample
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
@@ -19,7 +21,6 @@ from .guidance import SIZE_INPUTS, check_interpolation, keyframe_references, pos
 from .sketch import SKETCH, Sketch
 from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
 
-SEED_RANGE = 2 ** 64
 log = logging.getLogger(__name__)
 
 SAMPLING_INPUTS = {
@@ -81,10 +82,8 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
     """Latents (B, 4, T, h, w) of one video per context image; the UNet (and the sketch encoder) must be loaded.
     sketching: sketch_options' keywords, or nothing."""
     cond = context.conditioning
-    generator = torch.Generator().manual_seed(seed % SEED_RANGE)
-    latent_start = model.core.sample_latents(start, generator=generator)
-    latent_end = model.core.sample_latents(end, generator=generator) if end is not None else None
-    concat = visual_detail_guidance(latent_start, frames, latent_end)
+    generator = seed_generator(seed)
+    concat = guidance_latents(model.core, start, end, frames, generator)
 
     def callback(step: dict) -> None:
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo

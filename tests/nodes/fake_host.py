@@ -114,6 +114,9 @@ class FakeHost:
     def model_patcher(self, module, load_device, offload_device, streaming):
         return FakePatcher(module, load_device, offload_device, streaming)
 
+    def diffusion_model(self, core, compute_dtype):
+        return core.unet  # the native MODEL is ComfyUI's BaseModel: the real-host tier tests it
+
     def load(self, patchers, memory_required, full=False):
         self.loads.append(([type(p.model).__name__ for p in patchers], memory_required, full))
 
