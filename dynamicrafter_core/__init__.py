@@ -10,13 +10,13 @@ from .errors import (CheckpointError, ConfigError, DynamiCrafterError, InputErro
                      ModelFileNotFoundError)
 from .model import DynamiCrafter
 from .pipeline import animate, sample
-from .sampler import NoiseSchedule, ddim_timesteps, guided_denoiser, sample_ddim
+from .sampler import NoiseSchedule, cfg_denoiser, ddim_timesteps, sample_ddim
 
 __version__ = "0.1.1"
 
 __all__ = [
     "load_model", "read_state_dict", "detect_variant", "DynamiCrafter", "ModelConfig", "from_original", "VARIANTS",
-    "VARIANT_CONFIGS", "SAMPLING_DEFAULTS", "animate", "sample", "ddim_timesteps", "sample_ddim", "guided_denoiser",
+    "VARIANT_CONFIGS", "SAMPLING_DEFAULTS", "animate", "sample", "ddim_timesteps", "sample_ddim", "cfg_denoiser",
     "NoiseSchedule", "DynamiCrafterError", "CheckpointError", "ConfigError", "InputError", "MissingEncoderError",
     "ModelFileNotFoundError", "load_controlnet", "ControlNet", "ControlNetConfig", "controlnet_config",
 ]

@@ -192,10 +192,10 @@ def run(args) -> Path:
         path = download(args.variant, args.dir)
         print(path)
         return path
-    mode = {"interpolate": "interp", "loop": "loop"}.get(args.command, "i2v")
+    mode = {"interpolate": "interpolation", "loop": "loop"}.get(args.command, "i2v")
     end = getattr(args, "end", None)
     if args.command == "animate":
-        mode = "loop" if args.loop else ("interp" if end is not None else "i2v")
+        mode = "loop" if args.loop else ("interpolation" if end is not None else "i2v")
     _check_settings(args)
     image = load_image(args.image)
     end_image = load_image(end) if end is not None else None

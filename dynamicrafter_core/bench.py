@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 
 from .attention import reference_attention
-from .config import (VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig)
+from .config import VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig
 from .model import DynamiCrafter
 from .noise import generator as seed_generator
-from .pipeline import encode_image_context, guidance_latents, sample
+from .pipeline import draw_visual_detail_guidance, encode_image_context, sample
 from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, TemporalConvBlock, UNet
 
 BENCH_VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter")
@@ -227,7 +227,7 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device):
             model.place("encode", device)
         cond = encode_image_context(model, image, PROMPT)
         end = model.encode_posterior(-image) if model.supports_interpolation else None
-        concat = guidance_latents(model, model.encode_posterior(image), end, args.frames, generator)
+        concat = draw_visual_detail_guidance(model, model.encode_posterior(image), end, args.frames, generator)
         references = model.encode_references(image, -image) if model.config.vae.dual_reference else None
     with measured(record, "sampling", device):
         if args.low_memory:

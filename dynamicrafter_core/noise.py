@@ -4,7 +4,7 @@ Every draw comes from one CPU generator seeded with the run's seed (so a seed gi
 standard normal, float32, in this order:
 
 1. the visual detail guidance's posterior noise: each start image's, then each end image's, one (1, 4, h, w) draw per
-   image (`pipeline.guidance_latents`);
+   image (`pipeline.draw_visual_detail_guidance`);
 2. the initial noise x_T, (B, 4, T, h, w);
 3. the noise of each stochastic DDIM step (eta > 0), (B, 4, T, h, w), first step first.
 

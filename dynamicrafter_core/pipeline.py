@@ -21,13 +21,13 @@ from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .noise import generator as seed_generator
 from .noise import normal
-from .sampler import SPACINGS, StepCallback, ddim_timesteps, guided_denoiser, sample_ddim
-from .settings import (check_eta, check_fs, check_frames, check_guidance, check_number, check_pixels, check_prompt,
+from .sampler import SPACINGS, StepCallback, cfg_denoiser, ddim_timesteps, sample_ddim
+from .settings import (check_cfg_settings, check_eta, check_frames, check_fs, check_number, check_pixels, check_prompt,
                        check_seed, check_steps)
 
 DEFAULT_CONTROL_SCALE = 0.6  # the sketch fork's default (its gradio app); it offers 0 to 1
 
-MODES = ("i2v", "interp", "loop")
+MODES = ("i2v", "interpolation", "loop")
 FITS = ("crop", "pad", "stretch")
 
 
@@ -54,7 +54,7 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
-    check_guidance(cfg, guidance_rescale, image_cfg)
+    check_cfg_settings(cfg, guidance_rescale, image_cfg)
     if fs is not None:
         check_fs(fs)
     if spacing not in SPACINGS:
@@ -100,7 +100,7 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
                  "the text or image encoder's weights are damaged, or it overflowed in float16")
     check_finite("the visual detail guidance latents", [concat],
                  "the VAE encoder's weights are damaged, or it overflowed in float16")
-    denoiser = guided_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
+    denoiser = cfg_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
     timesteps = ddim_timesteps(steps, spacing, model.schedule.num_timesteps)
 
     def watch(step: dict) -> None:
@@ -293,7 +293,7 @@ def encode_image_context(model: DynamiCrafter, image: torch.Tensor, prompt: str 
     return text_image_context(text[:1], text[1:], tokens[:-1], tokens[-1:])
 
 
-def guidance_latents(model: DynamiCrafter, start: tuple, end: Optional[tuple], frames: int,
+def draw_visual_detail_guidance(model: DynamiCrafter, start: tuple, end: Optional[tuple], frames: int,
                      generator: torch.Generator) -> torch.Tensor:
     """The visual detail guidance (B, 4, T, h, w) from the VAE posteriors (mean, std) of the start and (interpolation,
     loop) end images, their noise drawn from `generator` first, as noise.py orders a run's draws."""
@@ -333,23 +333,23 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             control_scale: float = 0.6) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
-    mode: "i2v" (image to video), "interp" (start -> end_image), "loop" (start -> start, the repeated last frame
+    mode: "i2v" (image to video), "interpolation" (start -> end_image), "loop" (start -> start, the repeated last frame
     dropped). Unset sampler settings take the variant's defaults (the original scripts' values).
-    ToonCrafter interpolates only ("interp" or "loop"); its decoder takes the keyframes' encoder features, and
+    ToonCrafter interpolates only ("interpolation" or "loop"); its decoder takes the keyframes' encoder features, and
     `control` (load_controlnet) with `hint` (B, 1, T, H, W) in [0, 1], one sketch per frame, guides it by sketches.
     low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
     and run the guidance branches one after the other. The same video, with less GPU memory and some transfers."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    if mode == "interp" and end_image is None:
+    if mode == "interpolation" and end_image is None:
         raise InputError("interpolation needs an end image")
     if mode != "i2v" and not model.supports_interpolation:
         raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
     if mode == "i2v" and model.variant == "tooncrafter":
-        raise InputError("ToonCrafter interpolates between two keyframes: give an end image (mode 'interp') or use "
-                         "mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
+        raise InputError("ToonCrafter interpolates between two keyframes: give an end image (mode 'interpolation') or "
+                         "use mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
                          "(dynamicrafter_512_v1.ckpt)")
     check_frames(frames)
     check_seed(seed)
@@ -360,7 +360,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     guidance_rescale = d.guidance_rescale if guidance_rescale is None else guidance_rescale
     check_steps(steps)
     check_eta(eta)
-    check_guidance(cfg, guidance_rescale, image_cfg)
+    check_cfg_settings(cfg, guidance_rescale, image_cfg)
     check_fs(fs)
     for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         check_prompt(name, text)
@@ -372,7 +372,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     end = None
     if mode == "loop":
         end = start
-    elif mode == "interp":
+    elif mode == "interpolation":
         end = fit_image(end_image, height, width, fit)
         if end.shape[0] != start.shape[0]:
             if end.shape[0] != 1 and start.shape[0] != 1:
@@ -386,7 +386,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     if low_memory:
         model.place("encode", home)
     cond = encode_image_context(model, start, prompt, negative_prompt)
-    concat = guidance_latents(model, model.encode_posterior(start),
+    concat = draw_visual_detail_guidance(model, model.encode_posterior(start),
                               model.encode_posterior(end) if end is not None else None, frames, generator)
     references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:

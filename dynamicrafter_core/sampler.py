@@ -108,7 +108,7 @@ def _uniform(steps: int, num_timesteps: int) -> np.ndarray:
 # Guidance: wrappers that turn a conditional model into one denoiser
 
 
-def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+def rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
     """Lin et al. 2023 §3.4: match the std of the guided output to the conditional one, mixed by phi.
     The std is per sample over all other dims, unbiased (torch's default), as the original."""
     dims = list(range(1, guided.ndim))
@@ -116,7 +116,7 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     return phi * rescaled + (1.0 - phi) * guided
 
 
-def guided_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor], context: torch.Tensor,
+def cfg_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor], context: torch.Tensor,
                     uncond_context: Optional[torch.Tensor], cfg: float, guidance_rescale: float = 0.0,
                     image_cfg: Optional[float] = None, text_uncond_context: Optional[torch.Tensor] = None,
                     batch_branches: bool = True) -> Denoiser:
@@ -126,7 +126,7 @@ def guided_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.
     Three branches (the original's multi-condition mode, `image_cfg` set, `text_uncond_context` = empty text with
     the real image context):
                     m = m_uu + image_cfg (m_u,img - m_uu) + cfg (m_c - m_u,img)
-    then, with guidance_rescale phi > 0, rescale_guidance(m, m_c, phi). cfg == 1 calls the model once.
+    then, with guidance_rescale phi > 0, rescale_cfg(m, m_c, phi). cfg == 1 calls the model once.
     The branches run as one batch unless `batch_branches` is False (less memory, same result).
     """
     if cfg == 1.0 or uncond_context is None:
@@ -144,14 +144,14 @@ def guided_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.
             outs = model_fn(torch.cat([x] * n), t, stacked).chunk(n)
         else:
             outs = [model_fn(x, t, c) for c in contexts]
-        m = combine_guidance(outs, cfg, image_cfg if three else None)
-        return rescale_guidance(m, outs[0], guidance_rescale) if guidance_rescale > 0 else m
+        m = combine_cfg(outs, cfg, image_cfg if three else None)
+        return rescale_cfg(m, outs[0], guidance_rescale) if guidance_rescale > 0 else m
 
     return denoise
 
 
-def combine_guidance(outs: Sequence[torch.Tensor], cfg: float, image_cfg: Optional[float] = None) -> torch.Tensor:
-    """The guided prediction from the branches' predictions, in guided_denoiser's order: (conditional,
+def combine_cfg(outs: Sequence[torch.Tensor], cfg: float, image_cfg: Optional[float] = None) -> torch.Tensor:
+    """The guided prediction from the branches' predictions, in cfg_denoiser's order: (conditional,
     unconditional) or, with image_cfg, (conditional, unconditional, empty text with the image). Linear, so it may be
     applied to any prediction that is affine in the model output with the same coefficients for every branch (v,
     eps, or the denoised latent at one noise level)."""

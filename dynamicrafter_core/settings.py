@@ -68,7 +68,7 @@ def check_image_cfg(image_cfg) -> None:
     check_number("image_cfg", image_cfg, 0.0, 30.0, "the image's own guidance scale; None turns it off")
 
 
-def check_guidance(cfg, guidance_rescale, image_cfg=None) -> None:
+def check_cfg_settings(cfg, guidance_rescale, image_cfg=None) -> None:
     check_cfg(cfg)
     check_guidance_rescale(guidance_rescale)
     if image_cfg is not None:

@@ -4,7 +4,7 @@ from . import host
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
-from .native_nodes import Conditioning, DDIMSampler, Decode, Guider, GuidanceRescale, NativeModel, Noise, Scheduler
+from .native_nodes import Conditioning, DDIMSampler, Decode, GuidanceRescale, Guider, NativeModel, Noise, Scheduler
 from .sampler import FrameInterpolate, I2VSampler
 from .sketch import SketchEncoderLoader, SketchGuidance
 

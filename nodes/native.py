@@ -25,9 +25,8 @@ import torch
 
 from ..dynamicrafter_core import noise as seed_noise
 from ..dynamicrafter_core.errors import InputError
-from ..dynamicrafter_core.sampler import (combine_guidance, ddim_sigma, ddim_update, effective_sigmas,
-                                          exact_alphas_cumprod, prediction_from_x0, rescale_guidance,
-                                          x0_from_prediction)
+from ..dynamicrafter_core.sampler import (combine_cfg, ddim_sigma, ddim_update, effective_sigmas, exact_alphas_cumprod,
+                                          prediction_from_x0, rescale_cfg, x0_from_prediction)
 from ..dynamicrafter_core.unet import TEXT_TOKENS, BlockPatches
 from . import memory
 
@@ -264,7 +263,7 @@ def classes():
                                                   timestep, model_options)[::-1]
             if len(outs) == 1:
                 return outs[0]
-            denoised = guided(self.inner_model.model_sampling, x, timestep, outs, self.cfg,
+            denoised = cfg_denoised(self.inner_model.model_sampling, x, timestep, outs, self.cfg,
                               self.image_cfg or None, self.guidance_rescale)
             for fn in model_options.get("sampler_post_cfg_function", []):
                 denoised = fn({"denoised": denoised, "cond": self.conds.get("positive"),
@@ -344,16 +343,16 @@ def image_negative(positive: list, negative: list) -> list:
     return [[context, extra]]
 
 
-def guided(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float], rescale: float) -> torch.Tensor:
-    """The guided denoised latent from the branches' denoised latents, as the original guides: combine_guidance and
-    rescale_guidance on the model outputs in float32, the rescale's spread over the whole video (here the frames are
+def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float], rescale: float) -> torch.Tensor:
+    """The guided denoised latent from the branches' denoised latents, as the original guides: combine_cfg and
+    rescale_cfg on the model outputs in float32, the rescale's spread over the whole video (here the frames are
     the batch: one video, viewed in the core's (1, 4, T, h, w) layout)."""
     converted = [model_sampling.prediction(sigma, d, x) for d in outs]
     predictions = [p.float() for p, _ in converted]
-    m = combine_guidance(predictions, cfg, image_cfg)
+    m = combine_cfg(predictions, cfg, image_cfg)
     if rescale:
         video = [v[None].transpose(1, 2) for v in (m, predictions[0])]
-        m = rescale_guidance(video[0], video[1], rescale)[0].transpose(0, 1)
+        m = rescale_cfg(video[0], video[1], rescale)[0].transpose(0, 1)
     return model_sampling.denoised(m, converted[0][1])
 
 
@@ -524,6 +523,6 @@ def rescale_cfg_function(rescale: float):
         model = args["model"]
         x, sigma = args["input"], args["sigma"]
         outs = [args["cond_denoised"], args["uncond_denoised"]]
-        return x - guided(model.model_sampling, x, sigma, outs, args["cond_scale"], None, rescale)
+        return x - cfg_denoised(model.model_sampling, x, sigma, outs, args["cond_scale"], None, rescale)
 
     return cfg_function

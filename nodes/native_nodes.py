@@ -12,7 +12,7 @@ import torch
 from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.noise import generator as seed_generator
 from ..dynamicrafter_core.noise import posterior_shapes
-from ..dynamicrafter_core.pipeline import frames_to_images, guidance_latents
+from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, frames_to_images
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
@@ -83,7 +83,8 @@ class Conditioning:
             raise InputError("ToonCrafter interpolates: set Visual Detail Guidance's mode to interpolation or loop")
         fs = fs or model.core.defaults.fs
         check_fs(fs)
-        concat = guidance_latents(model.core, guidance.start, guidance.end, guidance.frames, seed_generator(seed))
+        concat = draw_visual_detail_guidance(model.core, guidance.start, guidance.end, guidance.frames,
+                                             seed_generator(seed))
         # ComfyUI's latents are unscaled, frames in the batch; image to video needs one frame (every frame has it)
         concat = (concat[0].transpose(0, 1) / model.core.config.scale_factor).contiguous()
         if guidance.mode == "i2v":

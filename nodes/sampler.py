@@ -11,15 +11,16 @@ from typing import Callable, Optional
 import torch
 
 from ..dynamicrafter_core.errors import InputError
-from ..dynamicrafter_core.settings import SEED_RANGE
 from ..dynamicrafter_core.noise import generator as seed_generator
-from ..dynamicrafter_core.pipeline import fit_image, frames_to_images, guidance_latents, sample
+from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, fit_image, frames_to_images, sample
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
+from ..dynamicrafter_core.settings import SEED_RANGE
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
 from .guidance import SIZE_INPUTS, check_interpolation, keyframe_references, posterior, video_size
 from .sketch import SKETCH, Sketch
-from .sockets import CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect, image_to_core
+from .sockets import (CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect,
+                      image_to_core)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
     sketching: sketch_options' keywords, or nothing."""
     cond = context.conditioning
     generator = seed_generator(seed)
-    concat = guidance_latents(model.core, start, end, frames, generator)
+    concat = draw_visual_detail_guidance(model.core, start, end, frames, generator)
 
     def callback(step: dict) -> None:
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo

@@ -61,8 +61,8 @@ class ImageContext:
 class Guidance:
     """The visual detail guidance before its noise is drawn: the VAE posterior of the start (and end) frames.
 
-    The sampler draws the posterior noise from its seed, start first, then end, then the initial noise, exactly as
-    dynamicrafter_core.pipeline.animate does, so a seed reproduces the core's video."""
+    The sampler (or DynamiCrafter Conditioning) draws the posterior noise from its seed in the order of
+    dynamicrafter_core/noise.py, so a seed reproduces the core's video."""
     mode: str  # "i2v", "interpolation" or "loop"
     frames: int
     height: int

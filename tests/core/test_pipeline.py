@@ -29,7 +29,7 @@ def test_the_prompt_changes_the_video(tiny_model, image):
 
 def test_interpolation_and_loop_need_the_interp_model(tiny_model, image):
     with pytest.raises(dc.InputError, match="512_interp"):
-        animate(tiny_model, image, end_image=-image, mode="interp", **FAST)
+        animate(tiny_model, image, end_image=-image, mode="interpolation", **FAST)
 
 
 def test_loop_drops_the_repeated_last_frame(tiny_config, image):
@@ -39,7 +39,7 @@ def test_loop_drops_the_repeated_last_frame(tiny_config, image):
     assert model.variant == "512_interp"
     video = animate(model, image, mode="loop", frames=5, steps=2)
     assert video.shape[0] == 4
-    interp = animate(model, image, end_image=-image, mode="interp", frames=5, steps=2)
+    interp = animate(model, image, end_image=-image, mode="interpolation", frames=5, steps=2)
     assert interp.shape[0] == 5
 
 

@@ -4,7 +4,7 @@ import torch
 
 import dynamicrafter_core as dc
 from dynamicrafter_core.config import VARIANT_CONFIGS
-from dynamicrafter_core.sampler import NoiseSchedule, ddim_parameters, guided_denoiser, rescale_guidance
+from dynamicrafter_core.sampler import NoiseSchedule, cfg_denoiser, ddim_parameters, rescale_cfg
 
 
 def test_uniform_spacing_starts_at_one():
@@ -81,7 +81,7 @@ def contexts():
 def test_cfg_one_calls_the_model_once_per_step():
     model = CountingModel()
     c, u, _ = contexts()
-    guided_denoiser(model, c, u, cfg=1.0)(torch.ones(2, 4), 10)
+    cfg_denoiser(model, c, u, cfg=1.0)(torch.ones(2, 4), 10)
     assert model.calls == 1
 
 
@@ -89,8 +89,8 @@ def test_batched_branches_equal_separate_calls():
     c, u, tu = contexts()
     x = torch.randn(2, 4, 3)
     for kwargs in ({}, {"image_cfg": 2.0, "text_uncond_context": tu}):
-        batched = guided_denoiser(CountingModel(), c, u, 7.5, 0.7, batch_branches=True, **kwargs)(x, 10)
-        separate = guided_denoiser(CountingModel(), c, u, 7.5, 0.7, batch_branches=False, **kwargs)(x, 10)
+        batched = cfg_denoiser(CountingModel(), c, u, 7.5, 0.7, batch_branches=True, **kwargs)(x, 10)
+        separate = cfg_denoiser(CountingModel(), c, u, 7.5, 0.7, batch_branches=False, **kwargs)(x, 10)
         torch.testing.assert_close(batched, separate)
 
 
@@ -98,19 +98,19 @@ def test_three_branch_guidance_with_equal_scales_is_plain_cfg():
     # m_uu + s (m_ui - m_uu) + s (m_c - m_ui) = m_uu + s (m_c - m_uu)
     c, u, tu = contexts()
     x = torch.randn(2, 4, 3)
-    two = guided_denoiser(CountingModel(), c, u, 5.0)(x, 10)
-    three = guided_denoiser(CountingModel(), c, u, 5.0, image_cfg=5.0, text_uncond_context=tu)(x, 10)
+    two = cfg_denoiser(CountingModel(), c, u, 5.0)(x, 10)
+    three = cfg_denoiser(CountingModel(), c, u, 5.0, image_cfg=5.0, text_uncond_context=tu)(x, 10)
     torch.testing.assert_close(two, three)
-    other = guided_denoiser(CountingModel(), c, u, 5.0, image_cfg=1.0, text_uncond_context=tu)(x, 10)
+    other = cfg_denoiser(CountingModel(), c, u, 5.0, image_cfg=1.0, text_uncond_context=tu)(x, 10)
     assert not torch.allclose(two, other)
 
 
 def test_guidance_rescale_matches_the_conditional_std():
     g = torch.Generator().manual_seed(1)
     guided, cond = torch.randn(2, 4, 8, generator=g) * 3, torch.randn(2, 4, 8, generator=g)
-    full = rescale_guidance(guided, cond, 1.0)
+    full = rescale_cfg(guided, cond, 1.0)
     torch.testing.assert_close(full.std(dim=(1, 2)), cond.std(dim=(1, 2)))
-    torch.testing.assert_close(rescale_guidance(guided, cond, 0.0), guided)
+    torch.testing.assert_close(rescale_cfg(guided, cond, 0.0), guided)
 
 
 def test_stochastic_sampling_uses_the_given_step_noise():

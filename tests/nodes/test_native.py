@@ -2,7 +2,6 @@
 context windows and model patches, with the original's numbers where our scheduler, sampler, guider and noise are
 used."""
 import json
-import logging
 
 import pytest
 import torch

@@ -83,7 +83,7 @@ def test_frames_match_the_core_pipeline_for_the_same_seed(nodes, host, loaded, t
                                     seed=seed, **sampling)
     assert torch.allclose(to_core(frame), fit_image(to_core(image), 64, 64, "crop"), atol=1e-6)
     monkeypatch.setattr(tiny_model, "variant", "512" if mode == "i2v" else "512_interp")
-    reference = animate(tiny_model, to_core(frame), "a cat", mode={"interpolation": "interp"}.get(mode, mode),
+    reference = animate(tiny_model, to_core(frame), "a cat", mode=mode,
                         end_image=fit_image(to_core(end), 64, 64, "crop") if mode == "interpolation" else None,
                         frames=FRAMES, seed=seed, image_cfg=sampling.get("image_cfg"),
                         **{"steps": 3, **{k: v for k, v in sampling.items() if k != "image_cfg"}})
@@ -100,7 +100,7 @@ def test_frame_interpolate_joins_segments_without_repeating_keyframes(nodes, hos
                           **FAST, unique_id="9")
     monkeypatch.setattr(tiny_model, "variant", "512_interp")
     core_keys = [to_core(keys[i:i + 1]) for i in range(3)]
-    segments = [animate(tiny_model, core_keys[i], "a cat", end_image=core_keys[j], mode="interp", frames=FRAMES,
+    segments = [animate(tiny_model, core_keys[i], "a cat", end_image=core_keys[j], mode="interpolation", frames=FRAMES,
                         seed=20 + k, steps=3) for k, (i, j) in enumerate([(0, 1), (1, 2), (2, 0)])]
     expected = torch.cat([segments[0], segments[1][1:], segments[2][1:-1]])
     check_image(frames, 3 * FRAMES - 3)

@@ -45,7 +45,7 @@ def test_tooncrafter_interpolation_gives_the_cores_frames(nodes, host, toon):
     frames, latent = nodes["DynamiCrafterAnimate_I2VSampler"].generate(model=toon, context=context,
                                                                       guidance=guidance, seed=4, **FAST)
     reference = animate(toon.core, to_core(frame), "a cat", end_image=fit_image(to_core(end), 64, 64, "crop"),
-                        mode="interp", frames=FRAMES, seed=4, steps=3)
+                        mode="interpolation", frames=FRAMES, seed=4, steps=3)
     assert frames.shape == (FRAMES, 64, 64, 3) and torch.equal(frames, reference)
 
 
@@ -54,7 +54,7 @@ def test_frame_interpolate_chains_keyframes_with_tooncrafter(nodes, host, toon):
     frames, latent = nodes["DynamiCrafterAnimate_FrameInterpolate"].interpolate(
         model=toon, keyframes=keys, prompt="", negative_prompt="", loop=False, width=64, height=64, fit="crop",
         frames=FRAMES, seed=9, **FAST)
-    segments = [animate(toon.core, to_core(keys[i:i + 1]), "", end_image=to_core(keys[i + 1:i + 2]), mode="interp",
+    segments = [animate(toon.core, to_core(keys[i:i + 1]), "", end_image=to_core(keys[i + 1:i + 2]), mode="interpolation",
                         frames=FRAMES, seed=9 + i, steps=3) for i in range(2)]
     assert torch.equal(frames, torch.cat([segments[0], segments[1][1:]]))
     assert latent["samples"].shape[0] == 2 * FRAMES - 1
