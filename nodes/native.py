@@ -31,7 +31,6 @@ from ..dynamicrafter_core.unet import TEXT_TOKENS, BlockPatches
 from . import memory
 
 log = logging.getLogger(__name__)
-
 # keys of DynamiCrafter Conditioning's CONDITIONING entries (ComfyUI hands every key to BaseModel.extra_conds)
 CONCAT = "dynamicrafter_concat"  # the visual detail guidance latents, unscaled, (1 or T, 4, h, w)
 FS = "dynamicrafter_fs"
@@ -133,11 +132,14 @@ def classes():
         def calculate_input(self, sigma, noise):
             return noise * _rows(self.z_factor(sigma, noise.dtype), noise)
 
-        def calculate_denoised(self, sigma, model_output, model_input):
-            dtype = model_input.dtype
+        def _state(self, sigma, model_input) -> tuple:
+            """(z, ᾱ, s) for ComfyUI's latent at sigma, per row, in the latent's dtype."""
             z = self.calculate_input(sigma, model_input)
-            s, a = (_rows(v, model_input) for v in self._at(sigma, dtype))
-            return x0_from_prediction(self.parameterization, model_output.to(dtype), z, a) / s
+            s, a = (_rows(v, model_input) for v in self._at(sigma, model_input.dtype))
+            return z, a, s
+
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return self.denoised(model_output, self._state(sigma, model_input))
 
         def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
             # from pure noise the model's input is the noise itself, as the original starts
@@ -151,13 +153,12 @@ def classes():
             """The model output (v or eps) that gives `denoised`, and what converts it back: guidance and its
             rescale act on the model output, as the original's. In float64 the round trip returns the float32
             model output exactly."""
-            dtype = model_input.dtype
-            z = self.calculate_input(sigma, model_input)
-            s, a = (_rows(v, model_input) for v in self._at(sigma, dtype))
-            return prediction_from_x0(self.parameterization, denoised.to(dtype) * s, z, a), (z, a, s)
+            z, a, s = state = self._state(sigma, model_input)
+            return prediction_from_x0(self.parameterization, denoised.to(z.dtype) * s, z, a), state
 
-        def denoised(self, prediction, back) -> torch.Tensor:
-            z, a, s = back
+        def denoised(self, prediction, state) -> torch.Tensor:
+            """The denoised latent (ComfyUI's x0, unscaled by s) from a model output at `state` (_state)."""
+            z, a, s = state
             return x0_from_prediction(self.parameterization, prediction.to(z.dtype), z, a) / s
 
     class CONDFrames(comfy.conds.CONDNoiseShape):
@@ -228,6 +229,9 @@ def classes():
             """The UNet on ComfyUI's layout: frames in the batch, (n T, 8, h, w) -> (n T, 4, h, w), one context
             and fs row per frame (the same for each frame of a video)."""
             frames = num_video_frames
+            if xc.shape[0] % frames:
+                raise InputError(f"the UNet was given {xc.shape[0]} latent frames for videos of {frames}: the batch "
+                                 "must hold whole videos (frames in the batch, one video per run)")
             n = xc.shape[0] // frames
             x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
             first = slice(None, None, frames)  # one row per video
@@ -255,7 +259,8 @@ def classes():
             self.inner_set_conds(conds)
 
         def predict_noise(self, x, timestep, model_options={}, seed=None):
-            names = ["positive"] if self.cfg == 1 and not self.image_cfg else \
+            # cfg 1 is one pass, image_cfg or not, as in the bundled sampler
+            names = ["positive"] if self.cfg == 1 else \
                 ["positive", "negative"] + (["image_negative"] if self.image_cfg else [])
             # ComfyUI batches the conditionings it is given last first: handing them over reversed puts the
             # branches in one UNet batch in the bundled sampler's order, so both paths compute the same numbers
@@ -264,7 +269,7 @@ def classes():
             if len(outs) == 1:
                 return outs[0]
             denoised = cfg_denoised(self.inner_model.model_sampling, x, timestep, outs, self.cfg,
-                              self.image_cfg or None, self.guidance_rescale)
+                                    self.image_cfg or None, self.guidance_rescale)
             for fn in model_options.get("sampler_post_cfg_function", []):
                 denoised = fn({"denoised": denoised, "cond": self.conds.get("positive"),
                                "uncond": self.conds.get("negative"), "cond_scale": self.cfg, "model": self.inner_model,
@@ -500,6 +505,9 @@ def ddim_sampler(eta: float, original_last_step: bool = True, step_noise: Option
 
 
 def guider(model_patcher, positive, negative, cfg: float, image_cfg: float, guidance_rescale: float):
+    if "sampler_cfg_function" in model_patcher.model_options:
+        log.warning("DynamiCrafter Guider does the original's guidance itself: the model's cfg patch (RescaleCFG, "
+                    "DynamiCrafter Guidance Rescale, ...) is not used; it works with KSampler and CFGGuider")
     g = classes()["Guider"](model_patcher, cfg, image_cfg, guidance_rescale)
     g.set_conds(positive, negative)
     return g

@@ -148,8 +148,9 @@ class DDIMSampler:
             "eta": SAMPLING_INPUTS["eta"],
             "original_last_step": ("BOOLEAN", {
                 "default": True,
-                "tooltip": "On: as the original, the last step keeps the prediction's scale (the video comes out "
-                           "about 1% darker at 50 steps). Off: the exact rescale on every step."}),
+                "tooltip": "On: as the original, the last step keeps the prediction's dynamic-rescale scale (the "
+                           "last latent 1.4% smaller at 50 steps with the 512 models). Off: the exact rescale on "
+                           "every step."}),
         }}
 
     def sampler(self, eta: float, original_last_step: bool):

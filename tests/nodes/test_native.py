@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from dynamicrafter_core.pipeline import sample
 
 from .helpers import FIXTURE, comfy_image
-from .real_host import comfy, load, pytestmark, real  # noqa: F401
+from .real_host import comfy, dynamic_vram, load, pytestmark, real  # noqa: F401
 
 NORMALISED = 1e-4  # native vs bundled sampler, the same noise: only float rounding differs
 CHAIN_TOL = 1e-2  # vs the original's latents (tests/acceptance/parity_check.py's tolerance for whole runs)
@@ -84,6 +84,16 @@ def test_our_pieces_on_samplercustomadvanced_give_the_bundled_samplers_latents(r
     assert error(latent["samples"], expected) < NORMALISED
     (decoded,) = real["DynamiCrafterAnimate_Decode"].decode(model, latent)
     assert (decoded - frames).abs().max() < 1e-3
+
+
+def test_the_native_path_gives_the_same_latents_under_dynamic_vram(real, request):
+    """ComfyUI 0.33's Dynamic VRAM (weightless comfy.ops layers until loaded, the streaming patcher) on the MODEL."""
+    model = load(real, weight_dtype="fp32")[0]
+    context, guidance = encode(real, model)
+    expected = native(real, model, context, guidance, 4)["samples"]
+    request.getfixturevalue("dynamic_vram")
+    streamed = load(real, weight_dtype="fp32")[0]
+    assert torch.equal(native(real, streamed, context, guidance, 4)["samples"], expected)
 
 
 def test_interpolation_and_loop_on_the_native_path(real, interp_model):
@@ -289,6 +299,24 @@ def test_freeu_and_easycache_run_on_the_native_model(real, model):
 
     cached = native(real, model, context, guidance, 2, steps=4, patch=easycache)["samples"]
     assert torch.isfinite(cached).all()
+
+
+def test_rescalecfg_runs_with_ksampler_and_our_guider_says_it_ignores_it(real, model, caplog):
+    """ComfyUI's RescaleCFG is not the original's rescale (README), but it must not break anything."""
+    import comfy.sample
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+
+    context, guidance = encode(real, model)
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    patched = (RescaleCFG().patch(unet, 0.7) if hasattr(RescaleCFG, "patch") else
+               RescaleCFG.execute(unet, 0.7).result)[0]
+    positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 3, 0)
+    out = comfy.sample.sample(patched, comfy.sample.prepare_noise(latent["samples"], 3), 3, 7.5, "euler", "simple",
+                              positive, negative, latent["samples"], seed=3)
+    assert torch.isfinite(out).all()
+    with caplog.at_level("WARNING"):
+        real["DynamiCrafterAnimate_Guider"].guider(patched, positive, negative, 7.5, 0.0, -1.0)
+    assert "is not used" in caplog.text
 
 
 # -- what a user gets wrong --------------------------------------------------------------------------------------
