@@ -49,8 +49,7 @@ def tiny_config() -> ModelConfig:
     clip = ClipConfig(arch={
         "embed_dim": 16,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 3}},
-        arch_name="custom")
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 3}})
     return ModelConfig(
         latent_size=(8, 8),
         unet=UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_head_channels=16, context_dim=16),

@@ -28,9 +28,7 @@ class UNetConfig:
     num_res_blocks: int = 2
     channel_mult: tuple = (1, 2, 4, 4)
     num_head_channels: int = 64
-    transformer_depth: int = 1
     context_dim: int = 1024
-    temporal_length: int = 16
     # the image branch of the dual cross-attention is gated by tanh(alpha) + 1 only in the 256 model
     image_cross_attention_scale_learnable: bool = False
     default_fs: int = 24
@@ -38,7 +36,6 @@ class UNetConfig:
     addition_attention: bool = True  # the `init_attn` temporal transformer after the first conv
     temporal_conv: bool = True
     temporal_attention: bool = True
-    image_cross_attention: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,7 +57,6 @@ class VAEConfig:
 class ClipConfig:
     """An OpenCLIP tower: `arch` resolved to open_clip's model config dict (embed_dim, vision_cfg, text_cfg)."""
     arch: dict = field(default_factory=dict)
-    arch_name: str = "ViT-H-14"
 
     @property
     def text_width(self) -> int:
@@ -98,8 +94,6 @@ class ModelConfig:
     base_scale: float = 0.7
     turning_step: int = 400
     latent_size: tuple = (40, 64)  # `image_size`, in latent pixels (h, w)
-    uncond_type: str = "empty_seq"
-    perframe_ae: bool = True
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text_encoder: ClipConfig = field(default_factory=ClipConfig)
@@ -122,16 +116,15 @@ class SamplingDefaults:
     cfg: float = 7.5
     eta: float = 1.0
     frames: int = 16
-    fs_meaning: str = "fps"  # 256: "frame stride" (larger = more motion); others: FPS (smaller = more motion)
-    fs_range: tuple = (15, 30)
 
 
 SAMPLING_DEFAULTS = {
-    "256": SamplingDefaults(fs=3, spacing="uniform", guidance_rescale=0.0, fs_meaning="frame stride", fs_range=(1, 6)),
-    "512": SamplingDefaults(fs=24, spacing="uniform_trailing", guidance_rescale=0.7, fs_range=(15, 30)),
-    "1024": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7, fs_range=(5, 15)),
-    "512_interp": SamplingDefaults(fs=5, spacing="uniform_trailing", guidance_rescale=0.7, fs_range=(5, 30)),
-    "tooncrafter": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7, fs_range=(5, 30)),
+    # fs: FPS (smaller = more motion), except for 256, where it is the frame stride (larger = more motion)
+    "256": SamplingDefaults(fs=3, spacing="uniform", guidance_rescale=0.0),
+    "512": SamplingDefaults(fs=24, spacing="uniform_trailing", guidance_rescale=0.7),
+    "1024": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7),
+    "512_interp": SamplingDefaults(fs=5, spacing="uniform_trailing", guidance_rescale=0.7),
+    "tooncrafter": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7),
 }
 
 _VIT_H_14 = {
@@ -142,10 +135,10 @@ _VIT_H_14 = {
 
 
 def _released(variant: str) -> ModelConfig:
-    clip = ClipConfig(arch=copy.deepcopy(_VIT_H_14), arch_name="ViT-H-14")
+    clip = ClipConfig(arch=copy.deepcopy(_VIT_H_14))
     if variant == "256":
         return ModelConfig(parameterization="eps", rescale_betas_zero_snr=False, use_dynamic_rescale=False,
-                           latent_size=(32, 32), perframe_ae=False,
+                           latent_size=(32, 32),
                            unet=UNetConfig(image_cross_attention_scale_learnable=True, default_fs=3),
                            text_encoder=clip, image_encoder=clip)
     if variant == "1024":
@@ -185,7 +178,7 @@ _UNSUPPORTED_UNET = {
     # option: the value every released model uses (anything else changes the architecture and is not built here)
     "use_linear": True, "use_relative_position": False, "use_causal_attention": False,
     "use_scale_shift_norm": False, "resblock_updown": False, "tempspatial_aware": False, "dims": 2,
-    "temporal_selfatt_only": True, "conv_resample": True,
+    "temporal_selfatt_only": True, "conv_resample": True, "transformer_depth": 1, "image_cross_attention": True,
 }
 
 
@@ -194,9 +187,9 @@ def _clip(params: dict, default_arch: dict) -> ClipConfig:
     if isinstance(arch, dict):
         if not {"vision_cfg", "text_cfg", "embed_dim"} <= set(arch):
             raise ConfigError(f"an OpenCLIP `arch` dict needs embed_dim, vision_cfg and text_cfg; got {sorted(arch)}")
-        return ClipConfig(arch=copy.deepcopy(arch), arch_name="custom")
+        return ClipConfig(arch=copy.deepcopy(arch))
     if arch == "ViT-H-14":
-        return ClipConfig(arch=copy.deepcopy(default_arch), arch_name=arch)
+        return ClipConfig(arch=copy.deepcopy(default_arch))
     try:
         import open_clip
         cfg = open_clip.get_model_config(arch)
@@ -205,7 +198,7 @@ def _clip(params: dict, default_arch: dict) -> ClipConfig:
     if not cfg:
         raise ConfigError(f"unknown OpenCLIP architecture {arch!r} in the configuration; use an open_clip model name "
                           "such as 'ViT-H-14' or an open_clip model config dict")
-    return ClipConfig(arch=copy.deepcopy(cfg), arch_name=arch)
+    return ClipConfig(arch=copy.deepcopy(cfg))
 
 
 def load_config_file(path: Union[str, Path]) -> dict:
@@ -272,11 +265,10 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     top.setdefault("parameterization", "eps")  # the original's code defaults, for keys a yaml leaves out
     top.setdefault("rescale_betas_zero_snr", False)
     top.setdefault("use_dynamic_rescale", False)
-    top.setdefault("perframe_ae", False)
-    if top.get("uncond_type", "empty_seq") != "empty_seq":
+    if p.get("uncond_type", "empty_seq") != "empty_seq":
         # the original's zero_embed takes zeros for the unconditional prompt; no released model uses it, and this
         # implementation builds the unconditional branch from the (negative) prompt only
-        raise ConfigError(f"uncond_type {top['uncond_type']!r} is not supported: the unconditional branch is encoded "
+        raise ConfigError(f"uncond_type {p['uncond_type']!r} is not supported: the unconditional branch is encoded "
                           "from the empty (or negative) prompt, uncond_type 'empty_seq', as in every released model")
     steps = top.get("timesteps", 1000)
     if not isinstance(steps, int) or not 1 <= steps <= MAX_TIMESTEPS:  # the schedule's arrays are this long

@@ -284,3 +284,14 @@ def test_a_configuration_asking_for_zero_embed_is_refused_by_name(tiny_state_dic
     config["params"]["uncond_type"] = "zero_embed"
     with pytest.raises(dc.ConfigError, match=r"uncond_type 'zero_embed' is not supported"):
         dc.load_model(tiny_state_dict, config=config)
+
+
+@pytest.mark.parametrize("key, value", [("transformer_depth", 2), ("image_cross_attention", False),
+                                        ("use_relative_position", True)])
+def test_a_unet_option_this_implementation_does_not_build_is_refused_by_name(tiny_state_dict, tiny_config, key,
+                                                                             value):
+    """A fine-tune's yaml that changes the architecture: refused, not ignored (the weights would not match)."""
+    config = json.loads(json.dumps(tiny_config))
+    config["params"]["unet_config"]["params"][key] = value
+    with pytest.raises(dc.ConfigError, match=rf"unet_config `{key}: {value!r}` is not supported"):
+        dc.load_model(tiny_state_dict, config=config)
