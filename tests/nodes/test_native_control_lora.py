@@ -13,52 +13,25 @@ What a user relies on:
 
 The models are tiny: tiny_v07 for the LoRA; for the ControlNet a copy of it whose UNet is 64 channels wide (ComfyUI's
 ControlNet loader assumes 64-channel attention heads) and an SD2.1-layout ControlNet for it, both with random
-weights from fixed seeds, written to temporary model folders.
+weights from fixed seeds (built by tiny_models.py, which the server tier shares), written to temporary model folders.
 """
 import contextlib
-import json
 import logging
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from dynamicrafter_core.config import from_original
-from dynamicrafter_core.unet import UNet
-
-from .helpers import FIXTURE, TINY, comfy_image
+from .helpers import comfy_image
 from .real_host import FAST, comfy, i2v, load, pytestmark, real  # noqa: F401
+from .tiny_models import LORA_TARGETS, write_controlnet, write_lora, write_wide_checkpoint
 
 SEED = 7
 FRAMES = 4
-UNET = "model.diffusion_model."
 WIDE, WIDE_CONFIG = "tiny64_v07.safetensors", "tiny64_v07.json"  # tiny_v07 with a 64-channel UNet
 CONTROLNET = "tiny64_sd21_controlnet.safetensors"
 LORA = "tiny_v07_lora.safetensors"
-HINT_GAINS = {"input_hint_block.": 1.5}  # the hint, 8 layers deep, must still steer
-LORA_RANK, LORA_ALPHA, LORA_STRENGTH = 4, 2.0, 0.7
-
-# LoRA key (without .lora_up.weight / .lora_down.weight / .alpha) -> the released UNet's module it must patch
-LORA_TARGETS = {
-    # the released names, kohya style: spatial self-attention, the image cross-attention, temporal layers
-    "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
-    "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k_ip":
-        "input_blocks.1.1.transformer_blocks.0.attn2.to_k_ip",
-    "lora_unet_output_blocks_3_1_transformer_blocks_0_attn2_to_v_ip":
-        "output_blocks.3.1.transformer_blocks.0.attn2.to_v_ip",
-    "lora_unet_input_blocks_1_2_transformer_blocks_0_attn1_to_q": "input_blocks.1.2.transformer_blocks.0.attn1.to_q",
-    "lora_unet_input_blocks_1_0_temopral_conv_conv1_2": "input_blocks.1.0.temopral_conv.conv1.2",  # a Conv3d
-    # the released names, generic style
-    "diffusion_model.middle_block.2.transformer_blocks.0.attn1.to_v": "middle_block.2.transformer_blocks.0.attn1.to_v",
-    "diffusion_model.output_blocks.4.1.proj_out": "output_blocks.4.1.proj_out",
-    # SD2.1's diffusers names, kohya style: the spatial layers sit where SD2.1's do
-    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k":
-        "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
-    "lora_unet_down_blocks_1_resnets_1_conv1": "input_blocks.5.0.in_layers.2",
-    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_q": "middle_block.1.transformer_blocks.0.attn2.to_q",
-    "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_ff_net_2": "output_blocks.5.1.transformer_blocks.0.ff.net.2",
-}
+LORA_STRENGTH = 0.7
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,22 +58,6 @@ def logged_warnings():
         yield records
     finally:
         root.removeHandler(handler)
-
-
-def randomize(module: torch.nn.Module, seed: int, gains: dict) -> None:
-    """Every parameter drawn from `seed` (ComfyUI's layers skip initialisation), the zero convolutions too, so the
-    ControlNet adds something from the first step: weights N(0, gain / sqrt(fan-in)) with the gain of the first
-    prefix of `gains` the name starts with (else 0.5), norm scales 1, biases small."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                gain = next((g for prefix, g in gains.items() if name.startswith(prefix)), 0.5)
-                p.copy_(torch.randn(p.shape, generator=generator) * gain / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
 
 
 def condition(real, model):
@@ -146,38 +103,17 @@ def wide(real, comfy, tmp_path_factory):
     a folder of Load DynamiCrafter's; the VAE, CLIP towers, Query Transformer and schedule are tiny_v07's. Returns
     the UNet's config and skip channels."""
     folder = tmp_path_factory.mktemp("wide_dynamicrafter")
-    section = json.loads((FIXTURE / "tiny_v07.config.json").read_text())["model"]
-    section["params"]["unet_config"]["params"].update(model_channels=64, num_head_channels=64)
-    (folder / WIDE_CONFIG).write_text(json.dumps({"model": section}))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        unet = UNet(from_original(section).unet)
-    state = {k: v for k, v in load_file(str(FIXTURE / TINY)).items() if not k.startswith(UNET)}
-    state.update({UNET + k: v.contiguous() for k, v in unet.state_dict().items()})
-    save_file(state, str(folder / WIDE))
+    wide = write_wide_checkpoint(folder, WIDE, WIDE_CONFIG)
     comfy["folder_paths"].add_model_folder_path("dynamicrafter", str(folder))
-    return SimpleNamespace(cfg=unet.cfg, skip_channels=unet.skip_channels)
+    return wide
 
 
 @pytest.fixture(scope="module")
 def controlnet(comfy, wide, tmp_path_factory):
     """An SD2.1-layout ControlNet for the wide UNet (ComfyUI's own ControlNet class, random weights, seed 1) saved in
     LDM key names and loaded by core Load ControlNet Model; its residuals have the UNet's skip channels."""
-    from comfy.cldm.cldm import ControlNet
-    from comfy.ops import disable_weight_init
-
-    cfg = wide.cfg
-    levels = len(cfg.channel_mult)
-    assert levels == 4 and cfg.num_res_blocks == 2 and cfg.attention_resolutions == (4, 2, 1)  # SD2.1's layout
-    net = ControlNet(
-        image_size=32, in_channels=4, hint_channels=3, model_channels=cfg.model_channels,
-        num_res_blocks=[cfg.num_res_blocks] * levels, channel_mult=list(cfg.channel_mult), num_head_channels=64,
-        transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1, context_dim=cfg.context_dim,
-        use_linear_in_transformer=True, use_spatial_transformer=True, operations=disable_weight_init)
-    randomize(net, seed=1, gains=HINT_GAINS)
-    assert tuple(z[0].weight.shape[0] for z in net.zero_convs) == wide.skip_channels
     folder = tmp_path_factory.mktemp("controlnet")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / CONTROLNET))
+    write_controlnet(folder / CONTROLNET, wide, seed=1)
     comfy["folder_paths"].add_model_folder_path("controlnet", str(folder))
     with logged_warnings() as warnings:
         (loaded,) = comfy_nodes().ControlNetLoader().load_controlnet(CONTROLNET)
@@ -294,25 +230,10 @@ def lora_folder(comfy, tmp_path_factory):
     return folder
 
 
-def write_lora(path, targets: dict, unet: torch.nn.Module, seed: int) -> dict:
-    """A rank-LORA_RANK LoRA (random, from `seed`) with a lora_up, lora_down and alpha for each key of `targets`,
-    shaped for the weight of its module; returns its tensors."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for key, module in targets.items():
-        w = weight(unet, module)
-        tensors[f"{key}.lora_down.weight"] = torch.randn((LORA_RANK, *w.shape[1:]), generator=generator)
-        tensors[f"{key}.lora_up.weight"] = torch.randn((w.shape[0], LORA_RANK) + (1,) * (w.ndim - 2),
-                                                       generator=generator)
-        tensors[f"{key}.alpha"] = torch.tensor(LORA_ALPHA)
-    save_file(tensors, str(path))
-    return tensors
-
-
 @pytest.fixture(scope="module")
 def lora(tiny, lora_folder):
     """LORA: a LoRA on LORA_TARGETS (seed 3). Returns its tensors."""
-    return write_lora(lora_folder / LORA, LORA_TARGETS, tiny.core.unet, seed=3)
+    return write_lora(lora_folder / LORA, LORA_TARGETS, lambda path: weight(tiny.core.unet, path), seed=3)
 
 
 def patched_weight(original: torch.Tensor, lora: dict, key: str, strength: float) -> torch.Tensor:
@@ -376,7 +297,8 @@ def test_sd21_locon_keys_of_the_second_middle_resnet_and_the_upsamplers_land(rea
     LORA_TARGETS), these two do not (ComfyUI warns "NOT LOADED"; nothing else is patched in their place)."""
     targets = {"lora_unet_mid_block_resnets_1_conv1": "middle_block.3.in_layers.2",
                "lora_unet_up_blocks_1_upsamplers_0_conv": "output_blocks.5.3.conv"}
-    write_lora(lora_folder / "tiny_v07_locon.safetensors", targets, tiny.core.unet, seed=4)
+    write_lora(lora_folder / "tiny_v07_locon.safetensors", targets, lambda path: weight(tiny.core.unet, path),
+               seed=4)
     (native,) = real["DynamiCrafterAnimate_NativeModel"].convert(tiny)
     patched, warnings = load_lora(native, "tiny_v07_locon.safetensors")
     assert set(patched.patches) == {f"diffusion_model.{module}.weight" for module in targets.values()}, warnings

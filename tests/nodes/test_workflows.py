@@ -10,7 +10,11 @@ from .helpers import ROOT
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 CORE_NODES = {"LoadImage", "ImageBatch", "SaveAnimatedWEBP", "SaveAnimatedPNG", "CreateVideo", "SaveVideo",
-              "UpscaleModelLoader", "ImageUpscaleWithModel", "ImageScaleBy", "ImageScale", "MarkdownNote", "Note"}
+              "UpscaleModelLoader", "ImageUpscaleWithModel", "ImageScaleBy", "ImageScale", "MarkdownNote", "Note",
+              # the native-MODEL workflows
+              "PrimitiveInt", "SamplerCustomAdvanced", "KSampler", "LoraLoaderModelOnly", "FreeU_V2", "LoadVideo",
+              "GetVideoComponents", "ImageFromBatch", "Canny", "PreviewImage", "ControlNetLoader",
+              "ControlNetApplyAdvanced", "ContextWindowsManual"}
 RELEASED_NAMES = {f.filename: f.url for f in RELEASED.values()}
 
 
