@@ -294,7 +294,7 @@ def encode_image_context(model: DynamiCrafter, image: torch.Tensor, prompt: str 
 
 
 def draw_visual_detail_guidance(model: DynamiCrafter, start: tuple, end: Optional[tuple], frames: int,
-                     generator: torch.Generator) -> torch.Tensor:
+                                generator: torch.Generator) -> torch.Tensor:
     """The visual detail guidance (B, 4, T, h, w) from the VAE posteriors (mean, std) of the start and (interpolation,
     loop) end images, their noise drawn from `generator` first, as noise.py orders a run's draws."""
     latent_start = model.sample_latents(start, generator=generator)
@@ -333,8 +333,8 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             control_scale: float = 0.6) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
-    mode: "i2v" (image to video), "interpolation" (start -> end_image), "loop" (start -> start, the repeated last frame
-    dropped). Unset sampler settings take the variant's defaults (the original scripts' values).
+    mode: "i2v" (image to video), "interpolation" (start -> end_image), "loop" (start -> start, the repeated last
+    frame dropped). Unset sampler settings take the variant's defaults (the original scripts' values).
     ToonCrafter interpolates only ("interpolation" or "loop"); its decoder takes the keyframes' encoder features, and
     `control` (load_controlnet) with `hint` (B, 1, T, H, W) in [0, 1], one sketch per frame, guides it by sketches.
     low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
@@ -387,7 +387,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
         model.place("encode", home)
     cond = encode_image_context(model, start, prompt, negative_prompt)
     concat = draw_visual_detail_guidance(model, model.encode_posterior(start),
-                              model.encode_posterior(end) if end is not None else None, frames, generator)
+                                         model.encode_posterior(end) if end is not None else None, frames, generator)
     references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:
         model.place("sample", home)

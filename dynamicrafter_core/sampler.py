@@ -105,7 +105,7 @@ def _uniform(steps: int, num_timesteps: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Guidance: wrappers that turn a conditional model into one denoiser
+# Classifier-free guidance (cfg): wrappers that turn a conditional model into one denoiser
 
 
 def rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
@@ -117,9 +117,9 @@ def rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.T
 
 
 def cfg_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor], context: torch.Tensor,
-                    uncond_context: Optional[torch.Tensor], cfg: float, guidance_rescale: float = 0.0,
-                    image_cfg: Optional[float] = None, text_uncond_context: Optional[torch.Tensor] = None,
-                    batch_branches: bool = True) -> Denoiser:
+                 uncond_context: Optional[torch.Tensor], cfg: float, guidance_rescale: float = 0.0,
+                 image_cfg: Optional[float] = None, text_uncond_context: Optional[torch.Tensor] = None,
+                 batch_branches: bool = True) -> Denoiser:
     """Classifier-free guidance around `model_fn(x, t, context)`.
 
     Two branches:   m = m_u + cfg (m_c - m_u)
@@ -257,7 +257,7 @@ def ddim_update(schedule: NoiseSchedule, out: torch.Tensor, x: torch.Tensor, t: 
     else:
         x0, eps = split_prediction("eps", out, x, a_t)
     x0 = x0 * rescale_ratio(schedule, t, t_prev)
-    return ddim_step(x0, eps, a_prev, sigma, noise if sigma > 0 else None), x0
+    return ddim_step(x0, eps, a_prev, sigma, noise), x0
 
 
 def sample_ddim(denoiser: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],

@@ -435,8 +435,8 @@ class UNet(nn.Module):
     def control_residuals(self, control: Sequence[Optional[torch.Tensor]], scale: float, batch_size: int,
                           frames: int) -> list[Optional[torch.Tensor]]:
         """A ControlNet's residuals, each (B, C, T, h, w) or already per frame (B*T, C, h, w), or None (nothing
-        added there), as scaled (B*T, C, h, w) tensors in the compute dtype; the count is checked here, each shape
-        where it is added."""
+        added there), as scaled (B*T, C, h, w) tensors (cast to the hidden state's dtype where they are added); the
+        count is checked here, each shape where it is added."""
         expected = len(self.skip_channels) + 1
         if len(control) != expected:
             raise InputError(f"the UNet takes {expected} ControlNet residuals (one per skip connection and one for "

@@ -25,7 +25,8 @@ INTERP_CHECKPOINT = "dynamicrafter_512_interp_v1.ckpt"
 @dataclass
 class DynamiCrafterModel:
     """One loaded checkpoint: the core model and a ComfyUI ModelPatcher for each of its networks (the same modules,
-    so ComfyUI moving a patcher moves what the core runs)."""
+    so ComfyUI moving a patcher moves what the core runs). The UNet's patches ComfyUI's BaseModel around the core UNet
+    (native.py): it is also the MODEL that DynamiCrafter Model hands to ComfyUI's samplers."""
     core: DynamiCrafter
     patchers: dict  # "unet", "vae", "query_transformer", and "text_encoder" / "image_encoder" unless pruned
     name: str
