@@ -12,7 +12,7 @@ from .model import DynamiCrafter
 from .pipeline import animate, sample
 from .sampler import NoiseSchedule, cfg_denoiser, ddim_timesteps, sample_ddim
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"
 
 __all__ = [
     "load_model", "read_state_dict", "detect_variant", "DynamiCrafter", "ModelConfig", "from_original", "VARIANTS",
