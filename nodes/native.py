@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # keys of DynamiCrafter Conditioning's CONDITIONING entries (ComfyUI hands every key to BaseModel.extra_conds)
 CONCAT = "dynamicrafter_concat"  # the visual detail guidance latents, unscaled, (1 or T, 4, h, w)
 FS = "dynamicrafter_fs"
-# keys of its LATENT, which SamplerCustomAdvanced and KSampler pass on to their output
+# DRAWS: in the positive (for the DDIM sampler's step noise) and the LATENT (for DynamiCrafter Noise's initial noise)
 DRAWS = "dynamicrafter_draws"  # the shapes the conditioning drew from the seed before the initial noise
+# keys of its LATENT, which SamplerCustomAdvanced and KSampler pass on to their output
 LOOP = "dynamicrafter_loop"  # the last frame repeats the first: Decode drops it
 REFERENCES = "dynamicrafter_references"  # ToonCrafter: the keyframes' features for its decoder
 

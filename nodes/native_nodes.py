@@ -16,6 +16,7 @@ from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, frames_to
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
+from .guidance import check_interpolation
 from .sampler import SAMPLING_INPUTS, decode
 from .sockets import CONTEXT, GUIDANCE, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect
 
@@ -81,6 +82,8 @@ class Conditioning:
                              "or use I2V Sampler for a batch")
         if model.core.variant == "tooncrafter" and guidance.mode == "i2v":
             raise InputError("ToonCrafter interpolates: set Visual Detail Guidance's mode to interpolation or loop")
+        if guidance.mode != "i2v":
+            check_interpolation(model, f"guidance mode {guidance.mode}")
         fs = fs or model.core.defaults.fs
         check_fs(fs)
         concat = draw_visual_detail_guidance(model.core, guidance.start, guidance.end, guidance.frames,

@@ -352,3 +352,10 @@ def test_a_model_sampling_patch_is_refused_by_our_nodes(real, model, pack):
 
     with pytest.raises(InputError, match="ModelSamplingDiscrete"):
         native(real, model, context, guidance, 1, patch=discrete)
+
+
+def test_interpolation_guidance_on_an_image_to_video_model_is_refused(real, model, interp_model, pack):
+    """Guidance made with the interpolation model, conditioning with the 512 one: what I2V Sampler says for it."""
+    context, guidance = encode(real, interp_model, mode="interpolation")
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="512_interp"):
+        real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 0, 0)
