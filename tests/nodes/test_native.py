@@ -96,6 +96,15 @@ def test_the_native_path_gives_the_same_latents_under_dynamic_vram(real, request
     assert torch.equal(native(real, streamed, context, guidance, 4)["samples"], expected)
 
 
+@pytest.mark.parametrize("weight_dtype", ["bf16", "fp8_e4m3fn"])
+def test_the_native_path_matches_the_bundled_sampler_in_narrow_weight_dtypes(real, weight_dtype):
+    dc = load(real, weight_dtype=weight_dtype)[0]
+    context, guidance = encode(real, dc)
+    _, expected = bundled(real, dc, context, guidance, 6)
+    latent = native(real, dc, context, guidance, 6)["samples"]
+    assert torch.isfinite(latent).all() and error(latent, expected) < NORMALISED
+
+
 def test_interpolation_and_loop_on_the_native_path(real, interp_model):
     for mode in ("interpolation", "loop"):
         context, guidance = encode(real, interp_model, mode=mode)
