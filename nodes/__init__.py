@@ -4,7 +4,8 @@ from . import host
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
-from .native_nodes import Conditioning, DDIMSampler, Decode, GuidanceRescale, Guider, NativeModel, Noise, Scheduler
+from .native_nodes import (ApplySketch, Conditioning, DDIMSampler, Decode, GuidanceRescale, Guider, NativeModel, Noise,
+                           Scheduler)
 from .sampler import FrameInterpolate, I2VSampler
 from .sketch import SketchEncoderLoader, SketchGuidance
 
@@ -24,6 +25,7 @@ NODES = {
     "DynamiCrafterAnimate_Noise": (Noise, "DynamiCrafter Noise"),
     "DynamiCrafterAnimate_GuidanceRescale": (GuidanceRescale, "DynamiCrafter Guidance Rescale"),
     "DynamiCrafterAnimate_Decode": (Decode, "DynamiCrafter Decode"),
+    "DynamiCrafterAnimate_ApplySketch": (ApplySketch, "Apply Sketch Guidance"),
 }
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

@@ -63,6 +63,7 @@ def _rows(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def classes():
     """The ComfyUI classes, built once ComfyUI is importable."""
     import comfy.conds
+    import comfy.controlnet
     import comfy.latent_formats
     import comfy.model_base
     import comfy.model_sampling
@@ -278,8 +279,58 @@ def classes():
                                "model_options": model_options, "input": x})
             return denoised
 
+    class SketchControl(comfy.controlnet.ControlBase):
+        """ToonCrafter's sketch encoder as one of ComfyUI's control objects (what Apply ControlNet puts in a
+        conditioning): ComfyUI loads it with the model, honours its strength and start / end percent and chains it
+        with other ControlNets. It sees what the bundled sampler's sketch guidance gives it: the model's noisy
+        latent z (no concat), the timestep, the branch's whole context and one drawing per frame."""
+
+        def __init__(self, encoder, hint: torch.Tensor):
+            super().__init__()
+            self.encoder, self.cond_hint_original = encoder, hint  # hint (1, 1, T, H, W)
+            self.model_sampling_current = None
+
+        def pre_run(self, model, percent_to_timestep_function):
+            super().pre_run(model, percent_to_timestep_function)
+            self.model_sampling_current = model.model_sampling
+
+        def cleanup(self):
+            self.model_sampling_current = None
+            super().cleanup()
+
+        def get_models(self):
+            return super().get_models() + [self.encoder.patcher]
+
+        def copy(self):
+            c = SketchControl(self.encoder, self.cond_hint_original)
+            self.copy_to(c)
+            return c
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options={}):
+            previous = None if self.previous_controlnet is None else \
+                self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if self.timestep_range is not None and not self.timestep_range[1] <= t[0] <= self.timestep_range[0]:
+                return previous
+            ms = self.model_sampling_current
+            hint = self.cond_hint_original
+            frames, rows = hint.shape[2], x_noisy.shape[0]
+            in_pass = cond.get("num_video_frames", frames)  # a context window's length, when windows are on
+            if in_pass != frames or rows % frames or transformer_options.get("context_window") is not None:
+                raise InputError(f"the sketch guidance holds {frames} frames but the UNet sees {in_pass} at a time: "
+                                 "sketches belong to the whole video and do not work with context windows; remove "
+                                 "Context Windows or Apply Sketch Guidance")
+            n = rows // frames
+            z = ms.calculate_input(t, x_noisy).float()
+            z = z.reshape(n, frames, *z.shape[1:]).transpose(1, 2)
+            first = slice(None, None, frames)
+            device = self.encoder.patcher.load_device
+            residuals = self.encoder.control(z.to(device), hint.to(device).expand(n, -1, -1, -1, -1),
+                                             ms.timestep(t)[first].to(device), cond["c_crossattn"][first].to(device))
+            per_frame = [r.transpose(1, 2).reshape(rows, *r.shape[1:2], *r.shape[3:]) for r in residuals]
+            return self.control_merge({"output": per_frame[:-1], "middle": per_frame[-1:]}, previous, None)
+
     return {"ModelSampling": ModelSamplingDynamiCrafter, "Base": DynamiCrafterBase, "Config": DynamiCrafterConfig,
-            "Guider": Guider, "KSAMPLER": comfy.samplers.KSAMPLER}
+            "Guider": Guider, "KSAMPLER": comfy.samplers.KSAMPLER, "SketchControl": SketchControl}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,6 +563,26 @@ def guider(model_patcher, positive, negative, cfg: float, image_cfg: float, guid
     g = classes()["Guider"](model_patcher, cfg, image_cfg, guidance_rescale)
     g.set_conds(positive, negative)
     return g
+
+
+def apply_sketch(conditionings: list, encoder, hint: torch.Tensor, strength: float, percent_range: tuple) -> list:
+    """Each conditioning with the sketch encoder as its (first) control object, after any ControlNet already on it,
+    as core Apply ControlNet (Advanced) chains them. Entries with the same earlier control share one sketch control,
+    so ComfyUI can run the guidance branches in one batch, as the bundled sampler does."""
+    shared = {}
+    out = []
+    for conditioning in conditionings:
+        applied = []
+        for context, extra in conditioning:
+            previous = extra.get("control")
+            if id(previous) not in shared:
+                control = classes()["SketchControl"](encoder, hint).set_cond_hint(hint, strength, percent_range)
+                if previous is not None:
+                    control.set_previous_controlnet(previous)
+                shared[id(previous)] = control
+            applied.append([context, {**extra, "control": shared[id(previous)], "control_apply_to_uncond": False}])
+        out.append(applied)
+    return out
 
 
 class Noise:

@@ -17,7 +17,8 @@ from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
 from .guidance import check_interpolation
-from .sampler import SAMPLING_INPUTS, decode
+from .sampler import SAMPLING_INPUTS, decode, sketch_options
+from .sketch import SKETCH
 from .sockets import CONTEXT, GUIDANCE, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect
 
 NATIVE_MODEL_INPUT = ("MODEL", {"tooltip": "From DynamiCrafter Model (also through LoRA loaders, Context Windows or "
@@ -251,3 +252,38 @@ class Decode:
         if samples.get(native.LOOP):
             video = video[:, :, :-1]
         return (frames_to_images(video),)
+
+
+class ApplySketch:
+    DESCRIPTION = ("ToonCrafter's sketch guidance on the native MODEL: Sketch Guidance's drawings steer the "
+                   "interpolation through its sketch encoder, as in I2V Sampler, for SamplerCustomAdvanced or KSampler "
+                   "(and after or before Apply ControlNet).")
+    CATEGORY = "conditioning/video_models"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": MODEL_INPUT,
+            "positive": ("CONDITIONING", {"tooltip": "DynamiCrafter Conditioning's positive."}),
+            "negative": ("CONDITIONING", {"tooltip": "DynamiCrafter Conditioning's negative."}),
+            "sketch": (SKETCH, {"tooltip": "From Sketch Guidance (its strength applies)."}),
+            "guidance": (GUIDANCE, {"tooltip": "The Visual Detail Guidance the conditioning was made from: the "
+                                               "video's frames and size."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                        "tooltip": "Where in the sampling the sketches start to steer (0: first "
+                                                   "step)."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                      "tooltip": "Where they stop (1: last step), as Apply ControlNet's."}),
+        }}
+
+    def apply(self, model, positive, negative, sketch, guidance, start_percent: float, end_percent: float):
+        model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
+        guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
+        options = sketch_options(model, sketch, guidance)  # refuses a DynamiCrafter model, checks the drawings
+        if options["control_scale"] == 0:
+            return (positive, negative)  # strength 0: exactly the video without sketches
+        return tuple(native.apply_sketch([positive, negative], sketch.encoder, options["hint"],
+                                         options["control_scale"], (start_percent, end_percent)))

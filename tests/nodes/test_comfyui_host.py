@@ -348,7 +348,7 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
                      "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance", "DynamiCrafter Model",
                      "DynamiCrafter Conditioning", "DynamiCrafter Scheduler", "DynamiCrafter DDIM Sampler",
                      "DynamiCrafter Guider", "DynamiCrafter Noise", "DynamiCrafter Guidance Rescale",
-                     "DynamiCrafter Decode"}
+                     "DynamiCrafter Decode", "Apply Sketch Guidance"}
     templates = json.loads(urllib.request.urlopen(f"{server['url']}/workflow_templates").read())
     shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert sorted(templates[ROOT.name]) == shipped

@@ -368,3 +368,67 @@ def test_interpolation_guidance_on_an_image_to_video_model_is_refused(real, mode
     context, guidance = encode(real, interp_model, mode="interpolation")
     with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="512_interp"):
         real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 0, 0)
+
+
+# -- ToonCrafter ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toon(real, comfy, tmp_path_factory):
+    """The tiny ToonCrafter and its sketch encoder through Load DynamiCrafter and Load Sketch Encoder."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("toon")
+    fixture = FIXTURE.parent / "tiny_toon"
+    config = json.loads((fixture / "tiny_toon.config.json").read_text())
+    shutil.copy(fixture / "tiny_toon.safetensors", folder / "tiny_toon.safetensors")
+    (folder / "tiny_toon.json").write_text(json.dumps(config["model"]))
+    shutil.copy(fixture / "tiny_toon_sketch.safetensors", folder / "tiny_sketch.safetensors")
+    (folder / "tiny_sketch.json").write_text(json.dumps(config["controlnet"]["config"]))
+    comfy["folder_paths"].add_model_folder_path("dynamicrafter", str(folder))
+    comfy["folder_paths"].add_model_folder_path("controlnet", str(folder))
+    model, _ = real["DynamiCrafterAnimate_Loader"].load(ckpt_name="tiny_toon.safetensors", weight_dtype="fp32",
+                                                        variant="auto")
+    (encoder,) = real["DynamiCrafterAnimate_SketchEncoderLoader"].load("tiny_sketch.safetensors")
+    return model, encoder
+
+
+@pytest.mark.parametrize("strength", [0.6, 0.0])
+def test_tooncrafter_with_sketches_on_the_native_path_gives_i2v_samplers_video(real, toon, strength):
+    """Apply Sketch Guidance on DynamiCrafter Conditioning: the same latents and frames (keyframe decoder) as I2V
+    Sampler's sketch input for the seed; strength 0 leaves the video without sketches."""
+    model, encoder = toon
+    context, guidance = encode(real, model, mode="interpolation", frames=8)
+    drawing = comfy_image((64, 64), seed=5)
+    (sketch,) = real["DynamiCrafterAnimate_SketchGuidance"].encode(encoder, drawing, strength, True, "3")
+    frames, expected = bundled(real, model, context, guidance, 8, sketch=sketch)
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 8, 0)
+    positive, negative = real["DynamiCrafterAnimate_ApplySketch"].apply(model, positive, negative, sketch, guidance,
+                                                                        0.0, 1.0)
+    (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(unet, 3, "auto", "original")
+    (sampler,) = real["DynamiCrafterAnimate_DDIMSampler"].sampler(1.0, True)
+    (guider,) = real["DynamiCrafterAnimate_Guider"].guider(unet, positive, negative, 7.5, 0.0, -1.0)
+    (noise,) = real["DynamiCrafterAnimate_Noise"].noise(8)
+    out = custom_advanced(noise, guider, sampler, sigmas, latent)
+    assert error(out["samples"], expected) < NORMALISED
+    (decoded,) = real["DynamiCrafterAnimate_Decode"].decode(model, out)
+    assert (decoded - frames).abs().max() < 1e-3
+    _, plain = bundled(real, model, context, guidance, 8)
+    assert torch.equal(out["samples"], plain) == (strength == 0)
+
+
+def test_sketches_with_context_windows_get_a_sentence(real, toon, pack):
+    model, encoder = toon
+    context, guidance = encode(real, model, mode="interpolation", frames=24)
+    (sketch,) = real["DynamiCrafterAnimate_SketchGuidance"].encode(encoder, comfy_image((64, 64)), 0.6, True, "12")
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    windowed = context_windows(unet)
+    positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 1, 0)
+    positive, negative = real["DynamiCrafterAnimate_ApplySketch"].apply(model, positive, negative, sketch, guidance,
+                                                                        0.0, 1.0)
+    (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(windowed, 2, "auto", "original")
+    (guider,) = real["DynamiCrafterAnimate_Guider"].guider(windowed, positive, negative, 7.5, 0.0, -1.0)
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="do not work with context windows"):
+        custom_advanced(real["DynamiCrafterAnimate_Noise"].noise(1)[0], guider,
+                        real["DynamiCrafterAnimate_DDIMSampler"].sampler(1.0, True)[0], sigmas, latent)
