@@ -400,7 +400,8 @@ def image_negative(positive: list, negative: list) -> list:
     return [[context, extra]]
 
 
-def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float], rescale: float) -> torch.Tensor:
+def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float],
+                 rescale: float) -> torch.Tensor:
     """The guided denoised latent from the branches' denoised latents, as the original guides: combine_cfg and
     rescale_cfg on the model outputs in float32, the rescale's spread over the whole video (here the frames are
     the batch: one video, viewed in the core's (1, 4, T, h, w) layout)."""
@@ -446,7 +447,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
     sigmas: DynamiCrafter Scheduler's, ending at the table's first sigma ("original": the original's last step to
     ᾱ[0], which returns the latent there) or at 0 ("clean": the predicted clean latent).
-    The latent passes the guider in float64 (float32 on devices without it), so the model output the step takes is
+    The latent passes the guider in float64 (on CUDA and the CPU), so the model output the step takes is
     the float32 one the UNet and the guidance computed, not a rounding of it.
     Step noise: `step_noise` (steps, T, 4, h, w) when given, else the seed's stream after the draws the conditioning
     and the initial noise made (core noise.py), so DynamiCrafter Noise + this sampler repeat the bundled sampler's
@@ -457,7 +458,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         raise InputError(f"the DynamiCrafter DDIM sampler needs DynamiCrafter's MODEL; the model samples with "
                          f"{type(ms).__name__} (a ModelSamplingDiscrete-type node replaced it: remove that node)")
     schedule = ms.schedule
-    carrier = torch.float32 if x.device.type == "mps" else torch.float64
+    carrier = torch.float64 if x.device.type in ("cuda", "cpu") else torch.float32  # some backends lack float64
     sigmas = sigmas.float()
     clean = float(sigmas[-1]) == 0.0
     ts = [table_timestep(ms, s) for s in sigmas[:-1]]

@@ -170,7 +170,8 @@ def test_every_controlnet_residual_reaches_the_unet_and_steers_the_video(real, v
     assert len(seen) == FAST["steps"]  # positive and negative in one batch per step
     rows = 2 * FRAMES
     for control in seen:  # one per skip connection (with the UNet's skip channels), one for the middle block
-        assert [tuple(r.shape[:2]) for r in control] == [(rows, c) for c in wide.skip_channels + wide.skip_channels[-1:]]
+        channels = wide.skip_channels + wide.skip_channels[-1:]
+        assert [tuple(r.shape[:2]) for r in control] == [(rows, c) for c in channels]
         assert all(r.abs().max() > 0 for r in control)
     assert torch.isfinite(steered).all()
     assert (steered - plain).abs().max() > 0.1 * plain.std()
@@ -188,7 +189,8 @@ def test_start_and_end_percent_are_honoured(real, video, controlnet, plain):
     # a window between the first two steps holds no step
     first, second = step_percents(real, video)[:2]
     assert first < second
-    between = apply(video, controlnet, hints(), start=first + (second - first) / 3, end=first + 2 * (second - first) / 3)
+    third = (second - first) / 3
+    between = apply(video, controlnet, hints(), start=first + third, end=first + 2 * third)
     assert torch.equal(sample(real, video, *between), plain)
     # a window holding only the first step: controlled there only
     first_only = sample(real, video, *apply(video, controlnet, hints(), start=0.0, end=(first + second) / 2))
