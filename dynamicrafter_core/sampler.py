@@ -196,15 +196,8 @@ def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: float, sigma: float,
     return x
 
 
-def split_prediction(parameterization: str, out: torch.Tensor, z: torch.Tensor, a_t: float):
-    """The model output at ᾱ = a_t for the latent z -> (x0, eps), as the original computes them."""
-    if parameterization == "v":
-        return a_t ** 0.5 * z - (1.0 - a_t) ** 0.5 * out, a_t ** 0.5 * out + (1.0 - a_t) ** 0.5 * z
-    return (z - (1.0 - a_t) ** 0.5 * out) / a_t ** 0.5, out
-
-
 def prediction_from_x0(parameterization: str, x0: torch.Tensor, z: torch.Tensor, a_t) -> torch.Tensor:
-    """The inverse of split_prediction's x0: the model output (v or eps) that predicts x0 from z at ᾱ = a_t (a float
+    """The inverse of x0_from_prediction: the model output (v or eps) that predicts x0 from z at ᾱ = a_t (a float
     or a tensor broadcasting to z). Guidance rescale acts on the model output; a host that hands over x0 converts."""
     if parameterization == "v":
         return (a_t ** 0.5 * z - x0) / (1.0 - a_t) ** 0.5
@@ -212,6 +205,7 @@ def prediction_from_x0(parameterization: str, x0: torch.Tensor, z: torch.Tensor,
 
 
 def x0_from_prediction(parameterization: str, out: torch.Tensor, z: torch.Tensor, a_t) -> torch.Tensor:
+    """The x0 a model output (v or eps) at ᾱ = a_t predicts for the latent z, as the original computes it."""
     if parameterization == "v":
         return a_t ** 0.5 * z - (1.0 - a_t) ** 0.5 * out
     return (z - (1.0 - a_t) ** 0.5 * out) / a_t ** 0.5
@@ -255,7 +249,7 @@ def ddim_update(schedule: NoiseSchedule, out: torch.Tensor, x: torch.Tensor, t: 
         eps = sqrt_ac[t] * out + sqrt_1m_ac[t] * x
         x0 = sqrt_ac[t] * x - sqrt_1m_ac[t] * out
     else:
-        x0, eps = split_prediction("eps", out, x, a_t)
+        x0, eps = x0_from_prediction("eps", out, x, a_t), out
     x0 = x0 * rescale_ratio(schedule, t, t_prev)
     return ddim_step(x0, eps, a_prev, sigma, noise), x0
 

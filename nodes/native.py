@@ -414,17 +414,18 @@ def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional
     return model_sampling.denoised(m, converted[0][1])
 
 
-def is_ours(model_sampling) -> bool:
-    return type(model_sampling).__name__ == "ModelSamplingDynamiCrafter" and hasattr(model_sampling, "schedule")
+def ours(model_sampling, what: str):
+    """DynamiCrafter's model sampling, or a sentence for `what` (a node) that cannot work without it."""
+    if type(model_sampling).__name__ != "ModelSamplingDynamiCrafter" or not hasattr(model_sampling, "schedule"):
+        raise InputError(f"{what} needs DynamiCrafter's MODEL (from DynamiCrafter Model); this model samples with "
+                         f"{type(model_sampling).__name__}. If it is DynamiCrafter's, a model-sampling node "
+                         "(ModelSamplingDiscrete and the like) replaced its schedule, which drops DynamiCrafter's "
+                         "rescale: remove that node")
+    return model_sampling
 
 
 def model_sampling_of(model_patcher, what: str):
-    ms = model_patcher.get_model_object("model_sampling")
-    if not is_ours(ms):
-        raise InputError(f"{what} needs DynamiCrafter's MODEL (from DynamiCrafter Model); this model samples with "
-                         f"{type(ms).__name__}. If it is DynamiCrafter's, a model-sampling node (ModelSamplingDiscrete "
-                         "and the like) replaced its schedule, which drops DynamiCrafter's rescale: remove that node")
-    return ms
+    return ours(model_patcher.get_model_object("model_sampling"), what)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,10 +454,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     and the initial noise made (core noise.py), so DynamiCrafter Noise + this sampler repeat the bundled sampler's
     video for the same seed."""
     extra_args = dict(extra_args or {})
-    ms = model.inner_model.inner_model.model_sampling
-    if not is_ours(ms):
-        raise InputError(f"the DynamiCrafter DDIM sampler needs DynamiCrafter's MODEL; the model samples with "
-                         f"{type(ms).__name__} (a ModelSamplingDiscrete-type node replaced it: remove that node)")
+    ms = ours(model.inner_model.inner_model.model_sampling, "DynamiCrafter DDIM Sampler")
     schedule = ms.schedule
     carrier = torch.float64 if x.device.type in ("cuda", "cpu") else torch.float32  # some backends lack float64
     sigmas = sigmas.float()
@@ -507,21 +505,26 @@ def _step_stream(model, x: torch.Tensor, seed: Optional[int]):
     """Step noise from the seed's stream, after what DynamiCrafter Conditioning and the initial noise drew."""
     if seed is None:
         raise InputError("the DynamiCrafter DDIM sampler needs a seed (SamplerCustomAdvanced passes the noise's)")
-    frames, channels, h, w = x.shape
-    shape = (1, channels, frames, h, w)  # the core's video layout: one video
     conds = getattr(model.inner_model, "conds", {}) or {}
     positive = conds.get("positive") or [{}]
-    earlier = list(positive[0].get(DRAWS, []))
-    gen = seed_noise.replay(seed_noise.generator(seed), earlier + [shape])
-    return lambda: seed_noise.normal(gen, shape)[0].transpose(0, 1)
+    gen = seed_noise.replay(seed_noise.generator(seed), list(positive[0].get(DRAWS, [])) + [video_shape(x)])
+    return lambda: video_noise(gen, x)
 
 
 def initial_noise(seed: int, latent: dict) -> torch.Tensor:
-    """x_T for a LATENT (T, 4, h, w), drawn after the conditioning's draws, in the core's (1, 4, T, h, w) order."""
-    samples = latent["samples"]
-    frames, channels, h, w = samples.shape
-    gen = seed_noise.replay(seed_noise.generator(seed), latent.get(DRAWS, []))
-    return seed_noise.normal(gen, (1, channels, frames, h, w))[0].transpose(0, 1).contiguous()
+    """x_T for a LATENT (T, 4, h, w), drawn after the conditioning's draws."""
+    return video_noise(seed_noise.replay(seed_noise.generator(seed), latent.get(DRAWS, [])), latent["samples"])
+
+
+def video_shape(frames: torch.Tensor) -> tuple:
+    """The core's layout (1, 4, T, h, w) of ComfyUI's frames in the batch (T, 4, h, w): one video."""
+    t, channels, h, w = frames.shape
+    return (1, channels, t, h, w)
+
+
+def video_noise(gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """A draw in the core's video layout, as the bundled sampler makes it, handed over with frames in the batch."""
+    return seed_noise.normal(gen, video_shape(like))[0].transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------

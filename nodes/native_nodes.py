@@ -17,7 +17,7 @@ from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
 from .guidance import check_interpolation
-from .sampler import SAMPLING_INPUTS, decode, sketch_options
+from .sampler import SAMPLING_INPUTS, decode, latent_output, sketch_options
 from .sketch import SKETCH
 from .sockets import CONTEXT, GUIDANCE, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect
 
@@ -89,8 +89,8 @@ class Conditioning:
         check_fs(fs)
         concat = draw_visual_detail_guidance(model.core, guidance.start, guidance.end, guidance.frames,
                                              seed_generator(seed))
-        # ComfyUI's latents are unscaled, frames in the batch; image to video needs one frame (every frame has it)
-        concat = (concat[0].transpose(0, 1) / model.core.config.scale_factor).contiguous()
+        # ComfyUI's latents (the samplers' LATENT output); image to video needs one frame (every frame has it)
+        concat = latent_output(model, concat)["samples"]
         if guidance.mode == "i2v":
             concat = concat[:1]
         extra = {native.CONCAT: concat, native.FS: fs}

@@ -81,12 +81,13 @@ class SketchEncoderLoader:
 
 class SketchGuidance:
     DESCRIPTION = ("ToonCrafter's sketch guidance: one drawing per video frame steers the interpolation (a blank "
-                   "frame where there is no drawing). Connect to I2V Sampler's `sketch` input.")
+                   "frame where there is no drawing). Connect to I2V Sampler's `sketch` input, or to Apply Sketch "
+                   "Guidance on the native MODEL.")
     CATEGORY = "conditioning/video_models"
     FUNCTION = "encode"
     RETURN_TYPES = (SKETCH,)
     RETURN_NAMES = ("sketch",)
-    OUTPUT_TOOLTIPS = ("The sketches and their strength, for I2V Sampler.",)
+    OUTPUT_TOOLTIPS = ("The sketches and their strength, for I2V Sampler or Apply Sketch Guidance.",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -20,7 +20,8 @@ import torch
 from dynamicrafter_core.pipeline import animate
 
 from .helpers import FIXTURE, ROOT, TINY, comfy_image
-from .real_host import COMFYUI_DIR, FAST, comfy, dynamic_vram, i2v, load, pytestmark, real  # noqa: F401
+from .real_host import (COMFYUI_DIR, FAST, comfy, context_windows_fail_for_frames_in_batch, dynamic_vram,  # noqa: F401
+                        i2v, load, pytestmark, real)
 from .tiny_models import LORA_TARGETS, checkpoint_weights, write_controlnet, write_lora, write_wide_checkpoint
 
 TOON = ROOT / "tests" / "fixtures" / "tiny_toon"
@@ -244,15 +245,6 @@ def write_clip(path: Path, frames: int = 6, size=(80, 112)):
             container.mux(packet)
 
 
-def context_windows_fail_for_frames_in_batch() -> bool:
-    """ComfyUI 0.3.64's context windows compare the whole batch of timesteps with the sigmas in set_step, which fails
-    for any model with its frames in the batch (the probe of test_native.py's context_windows)."""
-    import types
-
-    try:
-        import comfy.context_windows as windows
-    except ImportError:  # none at all (0.3.45): the workflow is skipped for the missing node
-        return False
     try:
         windows.IndexListContextHandler.set_step(types.SimpleNamespace(), torch.ones(2),
                                                  {"transformer_options": {"sample_sigmas": torch.ones(3)}})

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from dynamicrafter_core.pipeline import sample
 
 from .helpers import FIXTURE, comfy_image
-from .real_host import comfy, dynamic_vram, load, pytestmark, real  # noqa: F401
+from .real_host import (comfy, context_windows_fail_for_frames_in_batch, dynamic_vram, load, pytestmark,  # noqa: F401
+                        real)
 
 NORMALISED = 1e-4  # native vs bundled sampler, the same noise: only float rounding differs
 CHAIN_TOL = 1e-2  # vs the original's latents (tests/acceptance/parity_check.py's tolerance for whole runs)
@@ -158,7 +159,7 @@ def test_the_native_path_matches_the_originals_latents(real, model, tag, pack):
 # -- ComfyUI's own samplers --------------------------------------------------------------------------------------
 
 
-def test_the_sigma_table_makes_comfyuis_euler_a_ddim_step(real, model):
+def test_the_sigma_table_makes_comfyuis_euler_a_ddim_step(real, model, pack):
     """The dynamic rescale folded into the sigmas (sigma_eff = sigma / s): one step of stock euler between two of
     the table's sigmas is the original's DDIM step (eta 0, the rescale applied exactly), from the same latent."""
     import comfy.samplers
@@ -171,7 +172,7 @@ def test_the_sigma_table_makes_comfyuis_euler_a_ddim_step(real, model):
         sigmas = ms.sigmas[[t, t_next]].clone()
         (guider,) = real["DynamiCrafterAnimate_Guider"].guider(unet, positive, negative, 7.5, 0.0, 0.7)
         (noise,) = real["DynamiCrafterAnimate_Noise"].noise(3)
-        ddim = custom_advanced(noise, guider, pack_native(real).ddim_sampler(0.0, False), sigmas, latent)["samples"]
+        ddim = custom_advanced(noise, guider, pack.nodes.native.ddim_sampler(0.0, False), sigmas, latent)["samples"]
         euler = custom_advanced(noise, guider, comfy.samplers.sampler_object("euler"), sigmas, latent)["samples"]
         z = euler * ms.z_factor(sigmas[-1:])  # euler ends in ComfyUI's x; the DDIM sampler in the model's latent
         assert error(z, ddim) < NORMALISED, (t, t_next)
@@ -194,7 +195,7 @@ def test_stock_ksampler_makes_a_sensible_video(real, model):
     assert 0.75 < stock.std() / ours.std() < 1.33
 
 
-def test_the_guidance_rescale_patch_on_comfyuis_guider_is_the_originals(real, model):
+def test_the_guidance_rescale_patch_on_comfyuis_guider_is_the_originals(real, model, pack):
     """Stock CFGGuider + DynamiCrafter Guidance Rescale = DynamiCrafter Guider (cfg and the rescale over the video)."""
     import comfy.samplers
 
@@ -208,13 +209,8 @@ def test_the_guidance_rescale_patch_on_comfyuis_guider_is_the_originals(real, mo
     guider.set_cfg(7.5)
     (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(unet, 3, "auto", "original")
     (noise,) = real["DynamiCrafterAnimate_Noise"].noise(9)
-    got = custom_advanced(noise, guider, pack_native(real).ddim_sampler(1.0), sigmas, latent)["samples"]
+    got = custom_advanced(noise, guider, pack.nodes.native.ddim_sampler(1.0), sigmas, latent)["samples"]
     assert error(got, expected) < CHAIN_TOL  # ComfyUI batches the branches in its own order: rounding differs
-
-
-def pack_native(real):
-    return __import__(type(real["DynamiCrafterAnimate_Guider"]).__module__.rsplit(".", 1)[0] + ".native",
-                      fromlist=["native"])
 
 
 # -- context windows ---------------------------------------------------------------------------------------------
@@ -224,17 +220,13 @@ def context_windows(unet, length=16, overlap=4):
     """Core Context Windows (Manual) on the frames (dim 0), with ComfyUI 0.33's causal anchor off as the README
     advises (it would show every window one frame more than it was trained on)."""
     import inspect
-    import types
 
     try:
         import comfy.context_windows as windows
         from comfy_extras.nodes_context_windows import ContextWindowsManualNode
     except ImportError:
         pytest.skip("this ComfyUI has no context windows")
-    try:  # early versions compare the whole batch of timesteps with the sigmas: frames in the batch fail there
-        windows.IndexListContextHandler.set_step(types.SimpleNamespace(), torch.ones(2),
-                                                 {"transformer_options": {"sample_sigmas": torch.ones(3)}})
-    except RuntimeError:
+    if context_windows_fail_for_frames_in_batch():
         pytest.skip("this ComfyUI's context windows fail for any model with frames in the batch (its set_step "
                     "compares every frame's timestep with the sigmas; fixed in later releases)")
     options = dict(context_length=length, context_overlap=overlap, context_stride=1, closed_loop=False, dim=0,

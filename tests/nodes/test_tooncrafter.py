@@ -54,8 +54,8 @@ def test_frame_interpolate_chains_keyframes_with_tooncrafter(nodes, host, toon):
     frames, latent = nodes["DynamiCrafterAnimate_FrameInterpolate"].interpolate(
         model=toon, keyframes=keys, prompt="", negative_prompt="", loop=False, width=64, height=64, fit="crop",
         frames=FRAMES, seed=9, **FAST)
-    segments = [animate(toon.core, to_core(keys[i:i + 1]), "", end_image=to_core(keys[i + 1:i + 2]), mode="interpolation",
-                        frames=FRAMES, seed=9 + i, steps=3) for i in range(2)]
+    segments = [animate(toon.core, to_core(keys[i:i + 1]), "", end_image=to_core(keys[i + 1:i + 2]),
+                        mode="interpolation", frames=FRAMES, seed=9 + i, steps=3) for i in range(2)]
     assert torch.equal(frames, torch.cat([segments[0], segments[1][1:]]))
     assert latent["samples"].shape[0] == 2 * FRAMES - 1
 
