@@ -94,3 +94,9 @@ def context_windows_fail_for_frames_in_batch() -> bool:
         import comfy.context_windows as windows
     except ImportError:  # none at all (0.3.45): there the node itself is missing
         return False
+    try:
+        windows.IndexListContextHandler.set_step(types.SimpleNamespace(), torch.ones(2),
+                                                 {"transformer_options": {"sample_sigmas": torch.ones(3)}})
+    except RuntimeError:
+        return True
+    return False

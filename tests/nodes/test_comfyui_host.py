@@ -245,14 +245,6 @@ def write_clip(path: Path, frames: int = 6, size=(80, 112)):
             container.mux(packet)
 
 
-    try:
-        windows.IndexListContextHandler.set_step(types.SimpleNamespace(), torch.ones(2),
-                                                 {"transformer_options": {"sample_sigmas": torch.ones(3)}})
-    except RuntimeError:
-        return True
-    return False
-
-
 def comfyui_version() -> str:
     text = (Path(COMFYUI_DIR) / "comfyui_version.py").read_text()
     return text.split("__version__ = ")[-1].strip().strip("\"'") if "__version__" in text else "(unknown version)"
