@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p, default_variant):
-        p.add_argument("--prompt", default="", help="what should happen in the video")
+        # None, not "": a forgotten --prompt is said (run()), an explicit --prompt "" is not
+        p.add_argument("--prompt", help="what should happen in the video (default: empty, which is allowed but "
+                                        "rarely wanted: the model is text-conditioned)")
         p.add_argument("--negative-prompt", default="", help="what to steer away from (default: nothing)")
         p.add_argument("--checkpoint", type=Path, help="model file; default: look in the usual places")
         p.add_argument("--variant", choices=VARIANTS,
@@ -196,6 +198,10 @@ def run(args) -> Path:
     end = getattr(args, "end", None)
     if args.command == "animate":
         mode = "loop" if args.loop else ("interpolation" if end is not None else "i2v")
+    if args.prompt is None:
+        print("note: no --prompt given, so the prompt is empty; that is allowed, but DynamiCrafter is text-conditioned: "
+              "describe the motion you want, e.g. --prompt \"waves rolling in\"", file=sys.stderr)
+        args.prompt = ""
     _check_settings(args)
     image = load_image(args.image)
     end_image = load_image(end) if end is not None else None
@@ -206,6 +212,10 @@ def run(args) -> Path:
     print(f"loading {path} ...", file=sys.stderr)
     model = load_model(path, config=args.config, device=device, dtype=dtype,
                        variant=override if override in ("512", "512_interp") else None)
+    # the loader calls any variant it is given an override; say who chose it: the user, or this command
+    chooser = f"--variant {args.variant}" if args.variant else f"this command ({mode} needs the interpolation model)"
+    model.variant_source = model.variant_source.replace(f"{model.variant} chosen by override",
+                                                        f"{model.variant} chosen by {chooser}")
     if dtype == torch.float16:
         model.vae.float()  # as ComfyUI's nodes: this VAE overflows in fp16 (black frames)
     print(model.describe(), file=sys.stderr)

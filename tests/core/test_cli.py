@@ -100,6 +100,26 @@ def test_without_a_checkpoint_it_says_what_to_download_and_where(tmp_path, photo
     assert "dynamicrafter_512_v1.ckpt" in err and "--download" in err
 
 
+def test_a_missing_prompt_is_said_and_the_command_names_who_chose_the_interpolation_model(tmp_path, photo, capsys):
+    """The tiny file is 512-family, whose weights cannot tell 512 from 512_interp: `interpolate` asks for the
+    interpolation model itself, and says so rather than blaming an override the user never gave."""
+    status, err = in_process(capsys, "interpolate", photo, photo, *tiny("--frames", "4", "-o", tmp_path / "x.gif"))
+    assert status == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes == [('note: no --prompt given, so the prompt is empty; that is allowed, but DynamiCrafter is '
+                      'text-conditioned: describe the motion you want, e.g. --prompt "waves rolling in"')]
+    assert "512_interp chosen by this command (interpolation needs the interpolation model)" in err
+    assert "override" not in err
+
+
+def test_an_explicit_empty_prompt_and_variant_are_taken_as_given(tmp_path, photo, capsys):
+    status, err = in_process(capsys, "interpolate", photo, photo, "--prompt", "", "--variant", "512_interp",
+                             *tiny("--frames", "4", "-o", tmp_path / "x.gif"))
+    assert status == 0, err
+    assert "note: " not in err
+    assert "512_interp chosen by --variant 512_interp" in err
+
+
 TOON = TESTS / "fixtures" / "tiny_toon"
 
 
