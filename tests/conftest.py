@@ -12,6 +12,14 @@ CHECKPOINT = FIXTURE / "tiny_v07.safetensors"
 CONFIG_FILE = FIXTURE / "tiny_v07.config.json"
 
 
+def pytest_report_header(config):
+    # pyproject's addopts leave the slow tier out; say so at the top, so that "N deselected" is not a mystery
+    if config.getoption("markexpr") == "not slow":
+        return ("default tier: the slow tests are left out (`python -m pytest -m slow` runs them, `-m \"\"` runs "
+                "everything; CI runs both tiers)")
+    return None
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> dict:
     return json.loads(CONFIG_FILE.read_text())["model"]

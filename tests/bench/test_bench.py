@@ -15,6 +15,7 @@ from dynamicrafter_core.config import VARIANT_CONFIGS, from_original
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.slow  # a whole pipeline run in a new process (~20 s on two cores)
 def test_tiny_pipeline_bench_prints_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -58,6 +59,7 @@ def test_random_real_size_model_builds_on_meta():
     assert sum(p.numel() for p in model.unet.parameters()) == 1_438_854_996
 
 
+@pytest.mark.slow  # as above, with ToonCrafter's decoder (~30 s)
 def test_the_tooncrafter_pipeline_benchmarks_with_its_keyframe_decoder(tmp_path):
     """The ToonCrafter row: interpolation whose decode takes the keyframes' encoder features (tiny model here)."""
     out = tmp_path / "toon.json"

@@ -133,6 +133,7 @@ def test_placing_the_encoding_stage_moves_the_towers_not_the_unet(tiny_config):
     assert model.vae.encoder.conv_in.weight.device.type == "cpu"
 
 
+@pytest.mark.slow  # Dynamo's tracing alone takes ~20 s on two cores
 def test_compiled_unet_is_the_plain_unet(model, unet_inputs):
     """Dynamo traces the UNet as written (the eager backend keeps the kernels, so the result is exact)."""
     unet = copy.deepcopy(model.unet)

@@ -187,8 +187,13 @@ print("same" if torch.equal(before, after) else "changed")
 """
 
 
-@pytest.mark.parametrize("suffix,dtype", [(".safetensors", "torch.float32"), (".safetensors", "None"),
-                                          (".ckpt", "torch.float32"), (".ckpt", "None")])
+# each case is a new process (~25 s on two cores): the default tier keeps the riskiest, a memory-mappable
+# safetensors file loaded in its own dtype; the slow tier has the other three
+@pytest.mark.parametrize("suffix,dtype", [
+    (".safetensors", "None"),
+    pytest.param(".safetensors", "torch.float32", marks=pytest.mark.slow),
+    pytest.param(".ckpt", "torch.float32", marks=pytest.mark.slow),
+    pytest.param(".ckpt", "None", marks=pytest.mark.slow)])
 def test_the_model_does_not_depend_on_the_file_after_loading(tmp_path, tiny_state_dict, tiny_config, suffix, dtype):
     """Weights left memory-mapped (the file's dtype asked for) die with SIGBUS when the file is truncated, and turn
     to zeros or NaN when it is overwritten in place; so the check runs in a process of its own."""

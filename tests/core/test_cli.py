@@ -45,6 +45,7 @@ def test_animate_writes_a_playable_mp4_with_the_requested_frames(tmp_path, photo
     assert torch.equal(read_video(again), frames)
 
 
+@pytest.mark.slow  # two more runs in new processes (~30 s each on two cores); the mp4 test above stays default
 def test_png_frames_and_gif_outputs(tmp_path, photo):
     folder = tmp_path / "frames"
     assert cli("animate", photo, *tiny("--frames", "3", "-o", folder)).returncode == 0
@@ -138,6 +139,7 @@ def toon_files(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # two ToonCrafter runs in new processes (~60 s)
 def test_tooncrafter_interpolates_with_sketches_from_the_command_line(tmp_path, photo, toon_files):
     end = tmp_path / "end.png"
     Image.fromarray((np.random.RandomState(5).rand(64, 64, 3) * 255).astype(np.uint8)).save(end)

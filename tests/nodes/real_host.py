@@ -11,7 +11,8 @@ import torch
 from .helpers import FIXTURE, TINY, comfy_image
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(
+# slow too: with COMFYUI_DIR set, these take minutes, and the default tier stays under 5 (`-m comfyui` runs them)
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow, pytest.mark.skipif(
     not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
     reason="no real ComfyUI: set COMFYUI_DIR to a ComfyUI prepared with "
            "`python tests/acceptance/comfyui_host.py prepare <ComfyUI source>` (e.g. ~/.cache/comfyui-host/ComfyUI)")]
