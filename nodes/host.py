@@ -131,12 +131,19 @@ def intermediate_device() -> torch.device:
     return mm.intermediate_device()
 
 
-def ops():
-    """Layer classes whose weights ComfyUI's partial (lowvram) loading can leave on the offload device: they cast
-    weights to the input's device and dtype when needed, which also runs fp8-stored weights in the compute dtype."""
+def ops(weight_dtype: torch.dtype, compute_dtype: torch.dtype):
+    """Layer classes that ComfyUI's model management can load partially (lowvram) or stream (Dynamic VRAM).
+
+    Weights stored in the dtype they compute in: comfy.ops.disable_weight_init, as ComfyUI picks for its own models
+    (comfy.ops.pick_operations). A layer that ComfyUI loads whole then runs torch's own forward; ComfyUI switches on
+    casting (`comfy_cast_weights`) only for the layers it leaves on the offload device, patches on the fly or streams
+    (Dynamic VRAM streams them all). manual_cast instead casts in every layer on every call: ~20 us of Python per
+    layer on the project's CPU, ~870 layers per UNet call, which on a GPU can make a sampling step wait for the CPU
+    (tests/bench/comfy_path_probe.py measures it). Weights stored in another dtype (fp8, or fp16 computed in fp32):
+    manual_cast, which casts each weight to the input's dtype as it runs."""
     import comfy.ops
 
-    return comfy.ops.manual_cast
+    return comfy.ops.disable_weight_init if weight_dtype == compute_dtype else comfy.ops.manual_cast
 
 
 # -- model management ------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def dtype_plan(choice: str, devices: dict) -> dict:
 
 def store_fp8(module: torch.nn.Module) -> None:
     """Linear and conv weights to float8 e4m3fn; biases and norms stay in the compute dtype. The layers come from
-    comfy.ops.manual_cast, which casts each weight to the input's dtype when it runs."""
+    comfy.ops.manual_cast (host.ops for fp8), which casts each weight to the input's dtype when it runs."""
     for m in module.modules():
         if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
             m.weight = torch.nn.Parameter(m.weight.detach().to(FP8), requires_grad=False)
@@ -118,7 +118,10 @@ class Loader:
         devices = host.devices()
         plan = dtype_plan(weight_dtype, devices)
         # dtype=None keeps the file's tensors as they are (memory-mapped for .ckpt); each network is cast below
-        core = load_model(path, dtype=None, variant=None if variant == "auto" else variant, ops=host.ops())
+        # one layer family for all of its networks: they compute in their weights' dtype except a UNet stored in
+        # another (fp8, or fp16 where ComfyUI computes in fp32), which then needs layers that cast as they run
+        ops = host.ops(plan["unet"], plan["unet_compute"])
+        core = load_model(path, dtype=None, variant=None if variant == "auto" else variant, ops=ops)
         core.vae.to(plan["vae"])
         unet_storage = plan["unet_compute"] if plan["unet"] == FP8 else plan["unet"]
         core.unet.to(unet_storage)

@@ -71,8 +71,8 @@ class SketchEncoderLoader:
                 "https://huggingface.co/Doubiiu/ToonCrafter and save it there, then press R to refresh the list.")
         load_device, offload_device = host.devices()["unet"]
         weight_dtype = host.unet_dtype(load_device, SKETCH_ENCODER_PARAMETERS)
-        control = load_controlnet(path, device="cpu", dtype=host.compute_dtype(weight_dtype, load_device),
-                                  ops=host.ops())
+        compute = host.compute_dtype(weight_dtype, load_device)  # stored in the dtype it computes in
+        control = load_controlnet(path, device="cpu", dtype=compute, ops=host.ops(compute, compute))
         # beside the UNet, and like it made of comfy.ops layers: ComfyUI's core patcher, streamed under Dynamic VRAM
         patcher = host.model_patcher(control, load_device, offload_device, streaming=True)
         log.info("Load Sketch Encoder: %s", sketch_encoder_name)

@@ -108,7 +108,7 @@ class FakeHost:
     def intermediate_device(self):
         return self.cpu
 
-    def ops(self):
+    def ops(self, weight_dtype, compute_dtype):
         return DynamicVramOps()
 
     def model_patcher(self, module, load_device, offload_device, streaming):
