@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--sketch-encoder", type=Path,
                        help="ToonCrafter's sketch_encoder.ckpt (default: beside the checkpoint)")
         p.add_argument("--sketch-strength", type=float, default=0.6, help="how strongly the drawings steer (0.6)")
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the UNet layer by layer: on an H200 each step takes 0.087 s instead of "
+                            "0.134 s (512, bf16) after a first step that compiles (about 100 s; about 10 s in later "
+                            "runs, from torch's cache); pays for itself from a few videos on")
         p.add_argument("--dtype", default="auto", choices=DTYPES,
                        help="compute dtype (auto: bf16 on GPUs that have it, else fp16, fp32 on the CPU); the VAE "
                             "never runs in fp16, where it overflows (black frames): it takes fp32 then")
@@ -187,6 +191,7 @@ def run(args) -> Path:
     from tqdm import tqdm
 
     from .checkpoint import load_model
+    from .compiled import compile_layers
     from .pipeline import animate, load_image
     from .video_io import write_video
 
@@ -219,11 +224,17 @@ def run(args) -> Path:
     if dtype == torch.float16:
         model.vae.float()  # as ComfyUI's nodes: this VAE overflows in fp16 (black frames)
     print(model.describe(), file=sys.stderr)
+    if args.compile:
+        compile_layers(model.unet)
+        print("the UNet is compiled layer by layer: the first step compiles (minutes on a slow CPU), the others run "
+              "faster", file=sys.stderr)
     sketching = {}
     if args.sketch is not None:
         height, width = args.height or model.config.resolution[0], args.width or model.config.resolution[1]
         control, hint = _sketch(args, path, args.frames, height, width, device, dtype)
         sketching = {"control": control, "hint": hint, "control_scale": args.sketch_strength}
+        if args.compile:
+            compile_layers(control)
     steps = args.steps or model.defaults.steps
     with tqdm(total=steps, desc="sampling", unit="step") as bar:
         frames = animate(model, image, args.prompt, end_image=end_image, mode=mode,

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .attention import reference_attention
+from .compiled import compile_layers
 from .config import VARIANT_CONFIGS, ClipConfig, ModelConfig, QueryTransformerConfig, UNetConfig, VAEConfig
 from .model import DynamiCrafter
 from .noise import generator as seed_generator
@@ -107,7 +108,7 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> DynamiCrafter
     if args.ff_tokens is not None:
         unet.ff_tokens = args.ff_tokens
     if args.compile:
-        unet.compile()
+        compile_layers(unet)
     return model
 
 
@@ -130,19 +131,27 @@ def straightforward(unet: UNet, enabled: bool = True):
     """The UNet as the straightforward implementation runs it (the caller also gives each guidance branch its own
     UNet call): einsum attention with full score matrices, the feed-forward over all tokens at once, NCHW, the
     temporal convolutions on NCDHW."""
+    if not enabled:
+        # touch nothing: a compiled layer guards on its attributes, and setting one (even to the value it reads
+        # from the class) would recompile every layer at the next call; this was what made --compile look 5.8x
+        # slower than eager on an H200 (the timed run recompiled the whole UNet)
+        yield
+        return
     temporal = [m for m in unet.modules() if isinstance(m, TemporalConvBlock)]
-    saved = unet.ff_tokens, unet.channels_last, [m.channels_last for m in temporal]
-    if enabled:
-        unet.ff_tokens, unet.channels_last = 0, False
-        for m in temporal:
-            m.channels_last = False
+    saved = [(m, dict(m.__dict__)) for m in [unet, *temporal]]
+    unet.ff_tokens, unet.channels_last = 0, False
+    for m in temporal:
+        m.channels_last = False
     try:
-        with reference_attention(enabled):
+        with reference_attention(True):
             yield
     finally:
-        unet.ff_tokens, unet.channels_last, layouts = saved
-        for m, layout in zip(temporal, layouts):
-            m.channels_last = layout
+        for m, attributes in saved:
+            for name in ("ff_tokens", "channels_last"):
+                if name in attributes:
+                    setattr(m, name, attributes[name])
+                else:
+                    m.__dict__.pop(name, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,9 +222,9 @@ def test_image(height: int, width: int) -> torch.Tensor:
     return image[None]
 
 
-def pipeline_run(model: DynamiCrafter, args, device: torch.device):
-    """One image-to-video run (interpolation for 512_interp and ToonCrafter, whose decoder also takes the keyframes'
-    encoder features), as `animate` does it, timed phase by phase.
+def pipeline_run(model: DynamiCrafter, args, device: torch.device, steps: int):
+    """One image-to-video run of `steps` steps (interpolation for 512_interp and ToonCrafter, whose decoder also
+    takes the keyframes' encoder features), as `animate` does it, timed phase by phase.
     Returns the video and {phase: {"s", "peak_bytes"}}."""
     height, width = args.size
     image = test_image(height, width)
@@ -232,13 +241,13 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device):
         if args.low_memory:
             model.place("sample", device)
         with straightforward(model.unet, args.baseline):
-            latents = sample(model, cond.context, cond.uncond_context, concat, steps=args.steps, cfg=args.cfg,
+            latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=args.cfg,
                              generator=generator, batch_branches=not (args.baseline or args.low_memory))
     with measured(record, "vae_decode", device):
         video = model.decode_latents(latents, chunk=args.decode_chunk, references=references)
     phases = list(record.values())  # back to back, so together they are the whole run
     record["end_to_end"] = {"s": sum(r["s"] for r in phases), "peak_bytes": max(r["peak_bytes"] for r in phases)}
-    record["unet_step"] = {"s": record["sampling"]["s"] / args.steps, "peak_bytes": record["sampling"]["peak_bytes"]}
+    record["unet_step"] = {"s": record["sampling"]["s"] / steps, "peak_bytes": record["sampling"]["peak_bytes"]}
     return video, record
 
 
@@ -253,7 +262,7 @@ def unet_step_runs(model: DynamiCrafter, args, device: torch.device):
     concat, x_T = (torch.randn(1, 4, frames, h, w, generator=generator) for _ in range(2))
 
     def step(baseline: bool):
-        def run():
+        def run(warm: bool):
             record = {}
             with measured(record, "unet_step", device), straightforward(model.unet, baseline):
                 latents = sample(model, context, uncond, concat, steps=1, cfg=args.cfg, eta=0.0, x_T=x_T,
@@ -269,14 +278,18 @@ def unet_step_runs(model: DynamiCrafter, args, device: torch.device):
 
 def timed_repeats(runs: dict, args):
     """Warm-up rounds, then `repeats` rounds in which every run goes once (interleaved, so a busy machine slows all
-    alike). Returns {name: [record per repeat]} and each run's last output."""
-    records, outputs = {name: [] for name in runs}, {}
+    alike); run(warm) is told which kind of round it is. Returns {name: [record per repeat]}, each run's last output,
+    and the warm-up rounds' seconds (where --compile compiles)."""
+    records, outputs, warmup_s = {name: [] for name in runs}, {}, []
     for i in range(args.warmup + args.repeats):
         for name, run in runs.items():
-            outputs[name], record = run()
+            start = time.perf_counter()
+            outputs[name], record = run(i < args.warmup)
             if i >= args.warmup:
                 records[name].append(record)
-    return records, outputs
+            else:
+                warmup_s.append(time.perf_counter() - start)
+    return records, outputs, warmup_s
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,6 +324,9 @@ def print_table(result: dict) -> None:
             print(f"  {'':<{len(name) + 2}}  {phase:<12} {s['median_s']:>10.3f} {s['min_s']:>10.3f} "
                   f"{s['max_s']:>10.3f} {gib(s['peak_bytes']):>14}")
         print(f"  achieved: {result['tflops'][name]:.3f} TFLOP/s in the UNet (median step)")
+    if result["warmup_s"]:
+        print(f"  warm-up runs (--compile compiles there): "
+              f"{', '.join(f'{w:.1f} s' for w in result['warmup_s'])}")
     print(f"\n  memory: {result['memory_kind']}")
     if "comparison" in result:
         c = result["comparison"]
@@ -373,10 +389,14 @@ def parser() -> argparse.ArgumentParser:
                     help="the straightforward implementation (with --unet-step: as well, interleaved, compared)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats; medians are reported (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    ap.add_argument("--warmup-steps", type=int,
+                    help="DDIM steps of each warm-up run (default: --steps); --compile compiles in the first step, "
+                         "so 2 are enough to warm it")
     ap.add_argument("--fp8", action="store_true", help="UNet weights stored in float8, computed in --dtype")
     ap.add_argument("--channels-last", action="store_true", help="run the UNet's hidden state NHWC")
     ap.add_argument("--ff-tokens", type=int, help="tokens per feed-forward call (0: all at once; default by device)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (compile time is in the warm-up)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the UNet layer by layer (compiled.py; compile time is in the warm-up)")
     ap.add_argument("--low-memory", action="store_true",
                     help="only the networks in use on the device, guidance branches one at a time")
     ap.add_argument("--decode-chunk", type=int,
@@ -401,6 +421,7 @@ def resolve(args):
         args.steps = 1
     problems = [msg for bad, msg in (
         (args.steps < 1 or args.repeats < 1 or args.warmup < 0, "--steps and --repeats must be >= 1, --warmup >= 0"),
+        (args.warmup_steps is not None and args.warmup_steps < 1, "--warmup-steps must be >= 1"),
         (args.frames < 2, "--frames must be at least 2"),
         (args.compile and args.baseline, "--compile times the optimised path only; drop --baseline"),
     ) if bad]
@@ -422,16 +443,17 @@ def run(args) -> dict:
     else:
         qt = cfg.query_transformer
         context_tokens = TEXT_TOKENS + qt.num_queries * (qt.video_length or 1)
-        runs = {"baseline" if args.baseline else "optimised": lambda: pipeline_run(model, args, device)}
+        runs = {"baseline" if args.baseline else "optimised": lambda warm: pipeline_run(
+            model, args, device, args.warmup_steps if warm and args.warmup_steps else args.steps)}
     branches = 1 if args.cfg == 1 else 2
     flops = unet_flops(cfg.unet, args.frames, latent_hw, context_tokens)
-    records, outputs = timed_repeats(runs, args)
+    records, outputs, warmup_s = timed_repeats(runs, args)
     result = {
         "model": "tiny-width fixture model" if args.tiny else f"DynamiCrafter {model.variant}",
         "weights": model.source, "device": describe_device(device), "memory_kind": memory_kind(device),
         "mode": "unet_step" if args.unet_step else "pipeline", "settings": settings(args, dtype),
         "flop_per_sample_step": flops, "branches": branches,
-        "runs": {name: summary(r) for name, r in records.items()},
+        "runs": {name: summary(r) for name, r in records.items()}, "warmup_s": warmup_s,
     }
     result["tflops"] = {name: flops * branches / s["unet_step"]["median_s"] / 1e12
                         for name, s in result["runs"].items()}

@@ -56,6 +56,22 @@ def test_png_frames_and_gif_outputs(tmp_path, photo):
     assert read_video(gif).shape[0] == 4  # the loop's last frame repeats the first and is dropped
 
 
+@pytest.mark.slow  # the first step compiles about 20 small graphs: tens of seconds on two cores
+def test_compile_gives_the_same_video_within_rounding(tmp_path, photo):
+    """--compile is a speed option: the video it writes is the eager one (float32 rounding aside; a PNG frame holds
+    8 bits per channel, so at most one level apart)."""
+    eager, fast = tmp_path / "eager", tmp_path / "fast"
+    assert cli("animate", photo, "--prompt", "a red square", *tiny("--frames", "3", "--eta", "0", "-o", eager)
+               ).returncode == 0
+    result = cli("animate", photo, "--prompt", "a red square",
+                 *tiny("--frames", "3", "--eta", "0", "--compile", "-o", fast))
+    assert result.returncode == 0, result.stderr
+    assert "compiled layer by layer" in result.stderr
+    a, b = (torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in sorted(folder.iterdir())])).int()
+            for folder in (eager, fast))
+    assert a.shape == b.shape == (3, 64, 64, 3) and (a - b).abs().max() <= 1
+
+
 def in_process(capsys, *args):
     """main() as `python -m dynamicrafter_core` runs it: (exit status, stderr)."""
     status = main([str(a) for a in args])
