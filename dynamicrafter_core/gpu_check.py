@@ -67,13 +67,13 @@ def run_part(args: list, timeout: float) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Parts that run in their own process (python -m dynamicrafter_core.gpu_check --part ...)
 
-KINDS = [("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+KINDS = [("compiled fusions", ("triton_",)),  # what --compile generates: norms, activations, sums fused together
+         ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+         ("copy/layout", ("copy", "transpose", "permute", "cat", "contiguous", "nchwtonhwc", "nhwctonchw")),
          ("matrix", ("gemm", "sm90", "cutlass", "cublas", "xmma", "nvjet", "matmul")),
          ("convolution", ("conv", "implicit", "winograd", "cudnn")),
          ("norm", ("norm", "welford", "moments")),
-         ("copy/layout", ("copy", "transpose", "permute", "cat", "contiguous", "nchw", "nhwc")),
-         ("elementwise", ("elementwise", "vectorized", "silu", "gelu", "add", "mul", "unrolled", "triton_poi")),
-         ("fused reduction", ("triton_red", "triton_per"))]
+         ("elementwise", ("elementwise", "vectorized", "silu", "gelu", "add", "mul", "unrolled"))]
 
 
 def kind_of(kernel: str) -> str:
