@@ -149,7 +149,12 @@ def part_original(original: str, variant: str, device: str, attention: str) -> d
         xformers.ops.memory_efficient_attention = memory_efficient_attention
         sys.modules["xformers"], sys.modules["xformers.ops"] = xformers, xformers.ops
     sys.path.insert(0, original)
-    from lvdm.modules.networks.openaimodel3d import UNetModel
+    try:
+        from lvdm.modules.networks.openaimodel3d import UNetModel
+    except ImportError as e:
+        raise SystemExit(f"--original {original}: its UNet (lvdm/modules/networks/openaimodel3d.py) does not import "
+                         f"({e}); give a checkout of github.com/Doubiiu/DynamiCrafter, whose requirements (einops, "
+                         "opencv-python) are installed") from e
 
     dev = torch.device(device)
     if variant == "tiny":
@@ -365,7 +370,7 @@ def table(result: dict) -> str:
     lines = [f"DynamiCrafter GPU check, {result['started']}, commit {result['commit']}"]
     device = next((r["device"] for r in result["rows"].values() if "device" in r), "?")
     lines.append(f"device: {device}")
-    lines.append(f"\n| run | UNet step | sampling | VAE decode | end to end | peak | UNet TFLOP/s | warm-up |")
+    lines.append("\n| run | UNet step | sampling | VAE decode | end to end | peak | UNet TFLOP/s | warm-up |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in result["rows"].items():
         if "error" in r:

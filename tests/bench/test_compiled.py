@@ -8,11 +8,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import dynamicrafter_core as dc
 from dynamicrafter_core import bench
 from dynamicrafter_core.compiled import COMPILED_LAYERS, compile_layers
 from dynamicrafter_core.pipeline import sample
-from tests.conftest import CHECKPOINT
 
 pytestmark = pytest.mark.slow  # each test compiles about 20 small graphs: tens of seconds on two cores
 SAME = 1e-4  # max |a - b| / std(b) in float32
@@ -24,11 +22,6 @@ def graphs() -> int:
 
 def breaks() -> int:
     return sum(counters["graph_break"].values())
-
-
-@pytest.fixture(scope="module")
-def model(tiny_config):
-    return dc.load_model(CHECKPOINT, config=tiny_config)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +57,12 @@ def test_every_layer_compiles_once_per_shape_and_never_again(model, inputs):
     assert breaks() == broken  # fullgraph: a break would have raised; nothing broke outside the layers either
 
 
-def test_compiled_layers_give_the_eager_output(model):
-    g = torch.Generator().manual_seed(0)
-    args = (torch.randn(2, 8, 4, 8, 8, generator=g), torch.tensor([999, 500]), torch.randn(2, 77 + 64, 16, generator=g),
-            torch.tensor([24, 8]))
+def test_compiled_layers_give_the_eager_output(model, unet_inputs):
     unet = copy.deepcopy(model.unet)
     with torch.no_grad():
-        eager = unet(*args)
+        eager = unet(*unet_inputs)
         compile_layers(unet)
-        fast = unet(*args)
+        fast = unet(*unet_inputs)
     assert ((fast - eager).abs().max() / eager.std()).item() <= SAME
 
 

@@ -17,18 +17,6 @@ from tests.conftest import CHECKPOINT
 SAME = 1e-4  # max |a - b| / std(b) in float32
 
 
-@pytest.fixture(scope="module")
-def model(tiny_config):
-    return dc.load_model(CHECKPOINT, config=tiny_config)
-
-
-@pytest.fixture(scope="module")
-def unet_inputs():
-    g = torch.Generator().manual_seed(0)
-    return (torch.randn(2, 8, 4, 16, 24, generator=g), torch.tensor([999, 500]),
-            torch.randn(2, 77 + 64, 16, generator=g), torch.tensor([24, 8]))
-
-
 def relative(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().std()).item()
 
