@@ -101,12 +101,14 @@ class Steps:
 
 
 def profile_step(run, steps: Steps, cuda: bool) -> dict:
-    """torch.profiler over one whole sampling step, the second (the first warms the profiler up)."""
+    """torch.profiler over one whole sampling step, the second (the first warms the profiler up). One cycle only
+    (repeat=1): with the default, recording starts again after it and key_averages() reports the last, partial cycle:
+    the run's tail (the VAE decode), not the step."""
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=1)) as prof:
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=1, repeat=1)) as prof:
         steps.times, steps.hook = [], prof.step
         run(3)
         steps.hook = None
