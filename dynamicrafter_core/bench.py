@@ -89,6 +89,24 @@ def random_model(cfg: ModelConfig, variant: str, device: torch.device, dtype: to
     return model
 
 
+def write_checkpoint(path: Path, cfg: ModelConfig, variant: str, device: torch.device, dtype: torch.dtype) -> Path:
+    """random_model's weights as a released-layout .safetensors file (the released key prefixes, and the
+    dynamic-rescale curve `scale_arr` by which the loader tells the 512 family from 1024): a real-size checkpoint for
+    timing a host's loader and nodes without downloading one."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import PREFIXES
+
+    model = random_model(cfg, variant, device, dtype)
+    tensors = {prefix + key: value.detach().cpu().contiguous() for prefix, attr in PREFIXES.items()
+               for key, value in model.get_submodule(attr).state_dict().items()}
+    if model.schedule.scale_arr is not None:
+        tensors["scale_arr"] = model.schedule.scale_arr.float()
+    del model
+    save_file(tensors, str(path))
+    return path
+
+
 def build_model(args, device: torch.device, dtype: torch.dtype) -> DynamiCrafter:
     from .checkpoint import load_model
 

@@ -81,6 +81,24 @@ def kind_of(kernel: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in name for k in keys)), "other")
 
 
+def guided_step_inputs(variant: str, context_dim: int, dev):
+    """(x, t, context, fs) of one guided UNet step, both branches in one batch: 16 frames at the variant's latent
+    size, or 4 frames of 8x8 for the tiny model; the same values in every process."""
+    import torch
+
+    from .config import VARIANT_CONFIGS
+    from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS
+
+    if variant == "tiny":
+        (h, w), frames = (8, 8), 4
+    else:
+        (h, w), frames = (side // 8 for side in VARIANT_CONFIGS[variant].resolution), 16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, frames, h, w, generator=g).to(dev)
+    context = torch.randn(2, TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * frames, context_dim, generator=g).to(dev)
+    return x, torch.tensor([500, 500], device=dev), context, torch.tensor([24, 24], device=dev)
+
+
 def part_profile(variant: str, device: str, compile_layers_: bool) -> dict:
     """GPU time of one guided UNet step (both branches in one call) by kind of kernel, and the top kernels."""
     import torch
@@ -89,20 +107,14 @@ def part_profile(variant: str, device: str, compile_layers_: bool) -> dict:
     from .bench import random_model, tiny_config
     from .compiled import compile_layers
     from .config import VARIANT_CONFIGS
-    from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS
 
     dev = torch.device(device)
     cfg = tiny_config() if variant == "tiny" else VARIANT_CONFIGS[variant]
-    h, w = (8, 8) if variant == "tiny" else (cfg.resolution[0] // 8, cfg.resolution[1] // 8)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     unet = random_model(cfg, variant if variant != "tiny" else "512", dev, dtype).unet
     if compile_layers_:
         compile_layers(unet)
-    g = torch.Generator().manual_seed(0)
-    frames = 4 if variant == "tiny" else 16
-    x = torch.randn(2, 8, frames, h, w, generator=g).to(dev)
-    ctx = torch.randn(2, TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * frames, cfg.unet.context_dim, generator=g).to(dev)
-    t, fs = torch.tensor([500, 500], device=dev), torch.tensor([24, 24], device=dev)
+    x, t, ctx, fs = guided_step_inputs(variant, cfg.unet.context_dim, dev)
     cuda = dev.type == "cuda"
     with torch.no_grad():
         for _ in range(2):
@@ -161,21 +173,15 @@ def part_original(original: str, variant: str, device: str, attention: str) -> d
         cfg = tiny_config()
         fixture = json.loads((ROOT / "tests/fixtures/tiny_v07/tiny_v07.config.json").read_text())
         params = fixture["model"]["params"]["unet_config"]["params"]
-        h, w = 8, 8
     else:
         cfg = VARIANT_CONFIGS[variant]
         yaml_cfg = yaml.safe_load((Path(original) / f"configs/inference_{variant}_v1.0.yaml").read_text())
         params = yaml_cfg["model"]["params"]["unet_config"]["params"]
-        h, w = cfg.resolution[0] // 8, cfg.resolution[1] // 8
     ours = random_model(cfg, "512" if variant == "tiny" else variant, dev, torch.float32).unet
     theirs = UNetModel(**params).to(dev).eval().requires_grad_(False)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     del ours
-    g = torch.Generator().manual_seed(0)
-    frames = 4 if variant == "tiny" else 16
-    x = torch.randn(2, 8, frames, h, w, generator=g).to(dev)
-    ctx = torch.randn(2, 77 + 16 * frames, params["context_dim"], generator=g).to(dev)
-    t, fs = torch.tensor([500, 500], device=dev), torch.tensor([24, 24], device=dev)
+    x, t, ctx, fs = guided_step_inputs(variant, params["context_dim"], dev)
 
     def step():  # the original's DDIM: the conditional and the unconditional branch as two calls
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16):
@@ -224,12 +230,10 @@ def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int) -> dict:
     import re
     import urllib.request
 
-    from .bench import random_model, tiny_config
-    from .checkpoint import PREFIXES
-    from .config import VARIANT_CONFIGS
-
     import torch
-    from safetensors.torch import save_file
+
+    from .bench import tiny_config, write_checkpoint
+    from .config import VARIANT_CONFIGS
 
     work = Path(tempfile.mkdtemp(prefix="dc_gpu_check_"))
     models = work / "models" / "dynamicrafter"
@@ -238,15 +242,8 @@ def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int) -> dict:
     (work / "custom_nodes" / "dynamicrafter-animate").symlink_to(ROOT)
     dev = torch.device(device)
     cfg = tiny_config() if tiny else VARIANT_CONFIGS["512"]
-    model = random_model(cfg, "512", dev, torch.float16 if dev.type == "cuda" else torch.float32)
-    tensors = {prefix + key: value.detach().cpu().contiguous() for prefix, attr in PREFIXES.items()
-               for key, value in model.get_submodule(attr).state_dict().items()}
-    # the 512 family's dynamic-rescale curve, by which the loader tells the variant
-    tensors["scale_arr"] = torch.cat([torch.linspace(1.0, 0.7, 700), torch.full((300,), 0.7)])
-    del model
     name = "random_512.safetensors"
-    save_file(tensors, str(models / name))
-    del tensors
+    write_checkpoint(models / name, cfg, "512", dev, torch.float16 if dev.type == "cuda" else torch.float32)
     if tiny:
         fixture = ROOT / "tests/fixtures/tiny_v07/tiny_v07.config.json"
         (models / "random_512.json").write_text(fixture.read_text())

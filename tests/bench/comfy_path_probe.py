@@ -68,19 +68,10 @@ def write_checkpoint(kind: str, folder: Path, device, dtype) -> tuple[Path, Path
         (folder / "tiny_v07.safetensors").symlink_to(fixture / "tiny_v07.safetensors")
         shutil.copy(fixture / "tiny_v07.config.json", folder / "tiny_v07.json")
         return folder / "tiny_v07.safetensors", folder / "tiny_v07.json", "512"
-    from safetensors.torch import save_file
-
-    from dynamicrafter_core.bench import random_model
-    from dynamicrafter_core.checkpoint import PREFIXES
+    from dynamicrafter_core.bench import write_checkpoint
     from dynamicrafter_core.config import VARIANT_CONFIGS
 
-    model = random_model(VARIANT_CONFIGS["512"], "512", device, dtype)
-    tensors = {prefix + key: value.contiguous() for prefix, attr in PREFIXES.items()
-               for key, value in model.get_submodule(attr).state_dict().items()}
-    # the released files carry the dynamic-rescale curve, which tells the 512 family from 1024
-    tensors["scale_arr"] = model.schedule.scale_arr.float().contiguous()
-    path = folder / "random_512.safetensors"
-    save_file(tensors, str(path))
+    path = write_checkpoint(folder / "random_512.safetensors", VARIANT_CONFIGS["512"], "512", device, dtype)
     return path, None, "512"
 
 
