@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download a released checkpoint from Hugging Face")
     p.add_argument("variant", choices=tuple(RELEASED))
     p.add_argument("--dir", type=Path, help="target folder (default ~/.cache/dynamicrafter)")
+    from .batch import add_arguments as batch_arguments
+
+    batch_arguments(sub.add_parser("batch", help="animate a folder of images or a CSV / JSONL manifest, each row a "
+                                                 "video, on this machine or on Ray (--ray)"))
     return ap
 
 
@@ -199,6 +203,10 @@ def run(args) -> Path:
         path = download(args.variant, args.dir)
         print(path)
         return path
+    if args.command == "batch":
+        from . import batch
+
+        return batch.main(args)
     mode = {"interpolate": "interpolation", "loop": "loop"}.get(args.command, "i2v")
     end = getattr(args, "end", None)
     if args.command == "animate":
@@ -251,14 +259,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
     try:
-        run(args)
+        outcome = run(args)
     except (DynamiCrafterError, ModelFileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written", file=sys.stderr)  # on a line of its own, after any progress bar
+        kept = ("the finished videos are kept, and the same command makes the rest" if args.command == "batch" else
+                "nothing was written")
+        print(f"\ninterrupted: {kept}", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130  # the shell's status for Ctrl-C
-    return 0
+    return 1 if getattr(outcome, "failed", 0) else 0  # a batch with failed rows
 
 
 if __name__ == "__main__":
