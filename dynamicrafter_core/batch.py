@@ -75,7 +75,8 @@ class Row:
     fs: Optional[int] = None
     steps: Optional[int] = None
     cfg: Optional[float] = None
-    attempt: int = 0  # how many workers it was given to before (a worker that died is retried elsewhere)
+    attempt: int = 0  # how many times it was given to a worker before (a worker that died is retried elsewhere)
+    tried: tuple = ()  # the workers (indices) it failed on
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +122,14 @@ def read_rows(source, outdir, settings: Settings = Settings()) -> list[Row]:
 def _check_settings(s: Settings) -> None:
     from .pipeline import FITS, check_side
     from .sampler import SPACINGS
-    from .settings import (check_cfg, check_eta, check_fs, check_guidance_rescale, check_image_cfg, check_steps)
+    from .settings import (
+        check_cfg,
+        check_eta,
+        check_fs,
+        check_guidance_rescale,
+        check_image_cfg,
+        check_steps,
+    )
     from .video_io import output_format
 
     _check_row_values(s.mode, s.seed, s.frames, s.steps, s.cfg, s.fs)
@@ -386,12 +394,16 @@ class EmbeddedPool:
 def drive(pool, rows: list, retries: int, on_result: Callable[[Result], None], lost=(Exception,)) -> None:
     """Give each row to the next free worker of `pool` (submit/wait/get), one row per worker at a time, until all are
     done. A row whose worker raised one of `lost` (it died, or ran out of memory) goes back to the front of the line,
-    for a worker other than the one that failed when there is one, at most `retries` more times; then it is failed."""
-    idle, todo, running = deque(range(len(pool.workers))), deque(rows), {}
+    for a worker it has not failed on while there is one, at most `retries` more times; then it is failed."""
+    n = len(pool.workers)
+    idle, todo, running = deque(range(n)), deque(rows), {}
     while todo or running:
-        while idle and todo:
-            worker, row = idle.popleft(), todo.popleft()
-            running[pool.submit(worker, row)] = (worker, row)
+        for worker in list(idle):  # the first row each free worker may take: not one that failed on it, unless
+            row = next((r for r in todo if worker not in r.tried or len(set(r.tried)) >= n), None)  # all did
+            if row is not None:
+                idle.remove(worker)
+                todo.remove(row)
+                running[pool.submit(worker, row)] = (worker, row)
         done = pool.wait(list(running))
         worker, row = running.pop(done)
         try:
@@ -399,8 +411,8 @@ def drive(pool, rows: list, retries: int, on_result: Callable[[Result], None], l
         except lost as e:
             what = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             if row.attempt < retries:
-                todo.appendleft(replace(row, attempt=row.attempt + 1))
-                idle.append(worker)  # at the back: another free worker takes the row first
+                todo.appendleft(replace(row, attempt=row.attempt + 1, tried=row.tried + (worker,)))
+                idle.append(worker)
                 continue
             outcome = result(row, "failed", worker=f"worker {worker}",
                              error=f"its worker failed {row.attempt + 1} time(s), the last with {what}")
