@@ -27,9 +27,7 @@ def require_ray():
 def lost_worker_errors() -> tuple:
     """What a row's worker raising means the worker, not the row, failed: the actor died or was unreachable, or an
     exception other than the row's own (out of memory) came out of it."""
-    import ray.exceptions
-
-    return (ray.exceptions.RayError,)
+    return (require_ray().exceptions.RayError,)
 
 
 class RayPool:

@@ -186,6 +186,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow  # Ray's start and two actors that import torch: ~20 s on two cores
 def test_on_ray_two_actors_give_the_same_videos_and_record_the_failure(tiny_model, manifest, tmp_path, local_ray):
     outdir = tmp_path / "out"
     summary = run_batch(manifest, outdir, SPEC, SETTINGS, use_ray=True, workers=2, progress=False)
