@@ -204,3 +204,26 @@ def test_the_command_line_writes_the_report_and_exits_1_when_a_row_failed(manife
     assert len([p for p in (tmp_path / "out").iterdir() if p.suffix == ".mp4"]) == 5
 
 
+
+
+@pytest.mark.slow  # Ray, and an actor that starts again and reloads the model: ~30 s on two cores
+def test_on_ray_a_killed_worker_loses_nothing(tiny_model, manifest, tmp_path, local_ray):
+    """The process of the worker that made the first video is killed (SIGKILL, as the kernel's out-of-memory killer
+    does): its next row is given to a worker that lives, or Ray starts it again, and every row is still made once
+    with the same frames."""
+    import os
+    import signal
+
+    outdir, killed = tmp_path / "out", []
+
+    def kill_first_worker(result):
+        if not killed:
+            killed.append(int(result.worker.split("/")[1]))  # host/pid/device
+            os.kill(killed[0], signal.SIGKILL)
+
+    summary = run_batch(manifest, outdir, SPEC, SETTINGS, use_ray=True, workers=2, progress=False,
+                        on_result=kill_first_worker)
+    lines = check_outputs(outdir, manifest, expected_frames(tiny_model, manifest, 1), summary)
+    workers = {line["worker"] for line in lines}
+    # the killed worker's next row went to the other worker, or to the killed one started again (a new process)
+    assert any(line["attempts"] == 2 for line in lines) or len(workers) == 3, lines
