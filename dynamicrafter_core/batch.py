@@ -537,7 +537,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dry-run", action="store_true", help="check every row and print the plan; load nothing")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray, one actor per GPU: alone, a local Ray (or the cluster of $RAY_ADDRESS, or the one "
-                        "`ray job submit` runs in); or ray://host:10001. Needs `pip install \"dynamicrafter-animate[ray]\"`")
+                        "`ray job submit` runs in); or ray://host:10001. Needs "
+                        "`pip install \"dynamicrafter-animate[ray]\"`")
     p.add_argument("--workers", type=int, help="how many models: default one per GPU (all local GPUs, or all of the "
                                                "Ray cluster's), else 1 on the CPU")
     p.add_argument("--retries", type=int, default=2,
