@@ -86,7 +86,7 @@ class Row:
 def read_rows(source, outdir, settings: Settings = Settings()) -> list[Row]:
     """The rows of `source` (a folder of images, a .csv or a .jsonl manifest), each checked; a bad row is refused
     with its line number, all of them in one InputError, before anything is loaded."""
-    source, outdir = Path(source), Path(outdir)
+    source, outdir = Path(source), Path(outdir).resolve()  # absolute: workers may start in another folder
     _check_settings(settings)
     if source.is_dir():
         raw = _folder(source, settings)
@@ -461,13 +461,14 @@ def local_devices(device: str = "auto", workers: Optional[int] = None) -> list:
 
 def run_batch(source, outdir, spec: ModelSpec, settings: Settings = Settings(), device: str = "auto",
               workers: Optional[int] = None, ray_address: Optional[str] = None, use_ray: bool = False,
-              retries: int = 2, progress: bool = True, on_result: Optional[Callable[[Result], None]] = None
-              ) -> Summary:
+              retries: int = 2, progress: bool = True, on_result: Optional[Callable[[Result], None]] = None,
+              rows: Optional[list] = None) -> Summary:
     """Animate every row of `source` into `outdir` (see the module's docstring) and return the summary. Each row's
-    result is appended to `outdir/report.jsonl` as it comes; `on_result` sees it too."""
+    result is appended to `outdir/report.jsonl` as it comes; `on_result` sees it too. `rows`: read_rows(source,
+    outdir, settings) when the caller has them already."""
     from tqdm import tqdm
 
-    rows = read_rows(source, outdir, settings)
+    rows = read_rows(source, outdir, settings) if rows is None else rows
     todo, made = plan(rows)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -525,6 +526,7 @@ def _resolved(spec: ModelSpec, rows: list) -> ModelSpec:
 
 
 def add_arguments(p) -> None:
+    from .config import VARIANTS
     from .pipeline import FITS
     from .sampler import SPACINGS
 
@@ -532,7 +534,7 @@ def add_arguments(p) -> None:
                                             f"or a .csv / .jsonl manifest with the columns {', '.join(COLUMNS)}")
     p.add_argument("-o", "--output", type=Path, required=True, help="the folder the videos and report.jsonl go to")
     p.add_argument("--checkpoint", type=Path, help="model file; default: look in the usual places (as animate)")
-    p.add_argument("--variant", help="which released model to look for (as animate)")
+    p.add_argument("--variant", choices=VARIANTS, help="which released model to look for (as animate)")
     p.add_argument("--config", type=Path, help="the original inference yaml (or json) of a fine-tune")
     p.add_argument("--dry-run", action="store_true", help="check every row and print the plan; load nothing")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -599,7 +601,7 @@ def main(args) -> Summary:
     lookup = SimpleNamespace(checkpoint=args.checkpoint, variant=args.variant, download=False)
     spec = ModelSpec(_checkpoint(lookup, mode), args.config, args.variant, args.dtype)
     summary = run_batch(args.input, args.output, spec, settings, device=args.device, workers=args.workers,
-                        ray_address=args.ray or None, use_ray=args.ray is not None, retries=args.retries)
+                        ray_address=args.ray or None, use_ray=args.ray is not None, retries=args.retries, rows=rows)
     print(summary, file=sys.stderr)
     print(f"report: {Path(args.output) / REPORT}", file=sys.stderr)
     return summary

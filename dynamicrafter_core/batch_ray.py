@@ -43,6 +43,10 @@ class RayPool:
         cluster = ray.cluster_resources()
         gpus = int(cluster.get("GPU", 0))
         n = workers or gpus or 1
+        if gpus and n > gpus:  # the extra actors would wait for a GPU forever
+            self.close()
+            raise InputError(f"--workers {n}, but the Ray cluster has {gpus} GPU(s), one per worker; give --workers "
+                             f"{gpus} or less, or leave it out")
         # a GPU each where the cluster has them (Ray sets CUDA_VISIBLE_DEVICES, so the actor's GPU is cuda:0), else
         # an equal share of the CPUs: Ray gives an actor as many torch threads, as the embedded workers get
         share = max(1, int(cluster.get("CPU", 1)) // n)
