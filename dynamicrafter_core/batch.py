@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -310,7 +310,7 @@ class Result:
     seconds: float = 0.0
     worker: str = ""
     error: Optional[str] = None
-    attempts: int = field(default=1)
+    attempts: int = 1
 
 
 class Worker:
@@ -328,12 +328,16 @@ class Worker:
         if str(dtype) == "torch.float16":
             self.model.vae.float()  # as the command line: this VAE overflows in fp16 (black frames)
         self.settings = settings
-        self.name = name or f"{socket.gethostname()}/{os.getpid()}/{device}"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # a Ray actor's GPU is its cuda:0: name the real one
+        where = f"{device} (GPU {visible})" if visible and str(device).startswith("cuda") else device
+        self.name = name or f"{socket.gethostname()}/{os.getpid()}/{where}"
 
     def ready(self) -> str:
         return self.name
 
     def run(self, row: Row) -> Result:
+        import torch
+
         from .pipeline import animate, load_image
         from .video_io import write_video
 
@@ -348,6 +352,9 @@ class Worker:
             status, error = "done", None
         except DynamiCrafterError as e:
             status, error = "failed", str(e)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the cache the failed row filled: the next row starts from the model alone
+            raise
         return result(row, status, time.perf_counter() - start, self.name, error)
 
 
