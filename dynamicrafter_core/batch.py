@@ -366,7 +366,7 @@ def result(row: Row, status: str, seconds: float = 0.0, worker: str = "", error:
 class EmbeddedPool:
     """Workers in this process, each with a thread of its own (a model is only used by its thread)."""
 
-    def __init__(self, make_worker: Callable[[str], Worker], devices: list):
+    def __init__(self, make_worker: Callable[[int, str], Worker], devices: list):
         import torch
 
         # models sharing the CPU share its threads, as Ray's CPU actors do: one worker's frames do not depend on
@@ -377,7 +377,8 @@ class EmbeddedPool:
             torch.set_num_threads(max(1, self.torch_threads // sharing))
         self.threads = [ThreadPoolExecutor(1, thread_name_prefix=f"dynamicrafter-{d}") for d in devices]
         # the models load side by side (one per device), each in the thread that will use it
-        self.workers = [f.result() for f in [t.submit(make_worker, d) for t, d in zip(self.threads, devices)]]
+        self.workers = [f.result() for f in [t.submit(make_worker, i, d)
+                                             for i, (t, d) in enumerate(zip(self.threads, devices))]]
 
     def submit(self, index: int, row: Row):
         return self.threads[index].submit(self.workers[index].run, row)
@@ -509,7 +510,8 @@ def run_batch(source, outdir, spec: ModelSpec, settings: Settings = Settings(), 
                     lost = lost_worker_errors()
                 else:
                     devices = local_devices(device, workers)
-                    pool = EmbeddedPool(lambda d: Worker(spec, settings, d, name=f"{socket.gethostname()}/{d}"),
+                    pool = EmbeddedPool(lambda i, d: Worker(spec, settings, d,
+                                                            name=f"{socket.gethostname()}/{os.getpid()}/{d}/{i}"),
                                         devices)
                     lost = (Exception,)
                 n = len(pool.workers)

@@ -78,8 +78,17 @@ def test_a_manifest_with_a_corrupt_image_gives_the_other_videos_as_animate_makes
     outdir = tmp_path / "out"
     summary = run_batch(manifest, outdir, SPEC, SETTINGS, device="cpu", workers=1, progress=False)
     lines = check_outputs(outdir, manifest, expected_frames(tiny_model, manifest, torch.get_num_threads()), summary)
-    assert all(line["seconds"] > 0 and line["worker"] for line in lines)
+    assert all(line["seconds"] > 0 for line in lines) and len({line["worker"] for line in lines}) == 1
     assert len({line["output"] for line in lines}) == 6  # the same image twice, with another seed: two videos
+
+
+def test_two_embedded_workers_on_the_cpu_share_its_threads_and_give_the_same_videos(tiny_model, manifest, tmp_path):
+    outdir = tmp_path / "out"
+    threads = torch.get_num_threads()
+    summary = run_batch(manifest, outdir, SPEC, SETTINGS, device="cpu", workers=2, progress=False)
+    assert torch.get_num_threads() == threads  # given back
+    lines = check_outputs(outdir, manifest, expected_frames(tiny_model, manifest, max(1, threads // 2)), summary)
+    assert summary.workers == 2 and len({line["worker"] for line in lines}) == 2
 
 
 def test_a_stopped_run_resumes_without_touching_what_was_made(manifest, tmp_path):
@@ -148,8 +157,8 @@ def test_a_row_whose_worker_fails_is_given_to_another_a_bounded_number_of_times(
     """A worker out of memory (or dying) is not the row's fault: the row goes to another worker; a row that fails on
     every try is recorded as failed and the others go on."""
     class FlakyWorker:
-        def __init__(self, name):
-            self.name = name
+        def __init__(self, index, device):
+            self.name = device
 
         def run(self, row):
             if row.where == "poison" or (row.where == "big" and self.name == "gpu0"):
