@@ -76,6 +76,63 @@ def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_option
     return full[:, list(window.index_list)].reshape(rows, *concat.shape[1:])
 
 
+def window_frames(window) -> list:
+    """The video frames a context window hands the model, in its order: ComfyUI 0.33's causal_window_fix puts the
+    frame before the window in front of it."""
+    anchor = getattr(window, "causal_anchor_index", None)
+    return ([anchor] if anchor is not None and anchor >= 0 else []) + list(window.index_list)
+
+
+def controls_of(conds: list) -> list:
+    """The distinct control objects (Apply ControlNet's, with the ones each chains after) in ComfyUI's conds."""
+    found = {}
+    for cond in conds:
+        for entry in cond or []:
+            control = entry.get("control")
+            while control is not None and id(control) not in found:
+                found[id(control)] = control
+                control = getattr(control, "previous_controlnet", None)
+    return list(found.values())
+
+
+def hints_per_window(executor, model, conds, x_in, timestep, model_options):
+    """A CALC_COND_BATCH wrapper: under context windows, each ControlNet sees the hint frames of the window's own
+    frames. ComfyUI windows the latents and conditions but not control hints: every window would get the hint's first
+    frames, and the second window of a 32-frame video would follow frames 0-15 of the clip instead of its own."""
+    window = model_options.get("transformer_options", {}).get("context_window")
+    if window is None:
+        return executor(model, conds, x_in, timestep, model_options)
+    frames = window_frames(window)
+    total = getattr(window, "total_frames", 0) or max(frames) + 1
+    swapped = []
+    try:
+        for control in controls_of(conds):
+            hint = getattr(control, "cond_hint_original", None)
+            if not isinstance(hint, torch.Tensor) or hint.ndim != 4 or hint.shape[0] == 1:
+                continue  # one hint for every frame, or not a per-frame image hint (the sketch encoder refuses)
+            if hint.shape[0] != total:
+                raise InputError(f"Apply ControlNet's image holds {hint.shape[0]} frames for a video of {total}: with "
+                                 "Context Windows each window takes the hints of its own frames, so give one hint "
+                                 f"image per frame ({total}) or one for every frame")
+            swapped.append((control, hint))
+            # ComfyUI rebuilds its processed hint (resized, on the device) from the original when it is None
+            control.cond_hint_original, control.cond_hint = hint[frames], None
+        return executor(model, conds, x_in, timestep, model_options)
+    finally:
+        for control, hint in swapped:
+            control.cond_hint_original, control.cond_hint = hint, None
+
+
+def native_patcher(patcher):
+    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the wrapper the native path needs."""
+    import comfy.patcher_extension
+
+    model = patcher.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "dynamicrafter_hints",
+                               hints_per_window)
+    return model
+
+
 def control_residuals(control: Optional[dict]) -> Optional[list]:
     """ComfyUI's ControlNet output {"output": [one per input block, in their order], "middle": [one]} -> the core
     UNet's list (skips, then middle; None where nothing is added). ComfyUI has already applied the strength."""

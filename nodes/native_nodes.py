@@ -43,7 +43,7 @@ class NativeModel:
 
     def convert(self, model):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
-        return (model.patcher.clone(),)
+        return (native.native_patcher(model.patcher),)
 
 
 class Conditioning:

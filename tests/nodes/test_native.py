@@ -10,8 +10,7 @@ from safetensors.torch import load_file
 from dynamicrafter_core.pipeline import sample
 
 from .helpers import FIXTURE, comfy_image
-from .real_host import (comfy, context_windows_fail_for_frames_in_batch, dynamic_vram, load, pytestmark,  # noqa: F401
-                        real)
+from .real_host import comfy, context_windows, dynamic_vram, load, pytestmark, real  # noqa: F401
 
 NORMALISED = 1e-4  # native vs bundled sampler, the same noise: only float rounding differs
 CHAIN_TOL = 1e-2  # vs the original's latents (tests/acceptance/parity_check.py's tolerance for whole runs)
@@ -214,27 +213,6 @@ def test_the_guidance_rescale_patch_on_comfyuis_guider_is_the_originals(real, mo
 
 
 # -- context windows ---------------------------------------------------------------------------------------------
-
-
-def context_windows(unet, length=16, overlap=4):
-    """Core Context Windows (Manual) on the frames (dim 0), with ComfyUI 0.33's causal anchor off as the README
-    advises (it would show every window one frame more than it was trained on)."""
-    import inspect
-
-    try:
-        import comfy.context_windows as windows
-        from comfy_extras.nodes_context_windows import ContextWindowsManualNode
-    except ImportError:
-        pytest.skip("this ComfyUI has no context windows")
-    if context_windows_fail_for_frames_in_batch():
-        pytest.skip("this ComfyUI's context windows fail for any model with frames in the batch (its set_step "
-                    "compares every frame's timestep with the sigmas; fixed in later releases)")
-    options = dict(context_length=length, context_overlap=overlap, context_stride=1, closed_loop=False, dim=0,
-                   context_schedule=windows.ContextSchedules.STATIC_STANDARD,
-                   fuse_method=windows.ContextFuseMethods.PYRAMID)
-    accepted = inspect.signature(ContextWindowsManualNode.execute).parameters
-    options.update({k: False for k in ("freenoise", "causal_window_fix") if k in accepted})
-    return ContextWindowsManualNode.execute(unet, **options).result[0]
 
 
 @pytest.mark.parametrize("mode", ["i2v", "interpolation"])
