@@ -18,8 +18,8 @@ from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.sampler import effective_sigmas, exact_alphas_cumprod, prediction_from_x0, x0_from_prediction
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import memory
-from .native import (CONCAT, CONDITIONING_HINT, FS, SNAP, block_patches, cfg_denoised, control_residuals,
-                     image_negative, interp, per_row, window_rows)
+from .native import (CONCAT, CONDITIONING_HINT, FRAME_CHECKS, FS, SNAP, FrameChecks, ScheduleTables, block_patches,
+                     carrier_dtype, cfg_denoised, control_residuals, image_negative, interp, per_row, window_rows)
 
 
 class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -41,8 +41,21 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
         scale = schedule.scale_arr[:schedule.num_timesteps] if schedule.scale_arr is not None else None
         scale = (scale if scale is not None else torch.ones(self.num_timesteps, dtype=torch.float64))
         self.register_buffer("scales", scale.float())
-        # float64 copies on the CPU (not buffers: some devices have no float64), looked up per step
         self.exact_scales, self.exact_alphas_cumprod = scale.double(), exact_alphas_cumprod(schedule)
+        self.on_device = {}  # device -> ScheduleTables
+
+    def tables(self, device: torch.device) -> ScheduleTables:
+        """The tables on `device`, copied there on first use: a step looks its timesteps up where its sigmas are,
+        without reading anything back to the host. Not buffers: ComfyUI moves a model's buffers only with weights,
+        and the exact tables are float64, which some devices lack (there they are float32)."""
+        if device not in self.on_device:
+            exact = carrier_dtype(device)
+            self.on_device[device] = ScheduleTables(
+                log_sigmas=self.log_sigmas.to(device), scales=self.scales.to(device),
+                steps=torch.arange(self.num_timesteps, dtype=torch.float32, device=device),
+                exact_scales=self.exact_scales.to(device, exact),
+                exact_alphas_cumprod=self.exact_alphas_cumprod.to(device, exact))
+        return self.on_device[device]
 
     def set_sigmas(self, sigmas):  # ComfyUI's own ModelSamplingDiscrete would replace the table: keep ours
         raise InputError("DynamiCrafter's model sampling folds its dynamic rescale into its sigmas; do not patch "
@@ -52,28 +65,24 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep of sigma (an integer at the table's points)."""
-        ls = self.log_sigmas
-        steps = torch.arange(ls.shape[0], dtype=ls.dtype, device=ls.device)
-        t = interp(sigma.float().to(ls.device).log(), ls, steps)
+        tables = self.tables(sigma.device)
+        t = interp(sigma.float().log(), tables.log_sigmas, tables.steps)
         # a table sigma whose log another device rounded differently is still its timestep
-        t = torch.where((t - t.round()).abs() < SNAP, t.round(), t)
-        return t.view(sigma.shape).to(sigma.device)
+        return torch.where((t - t.round()).abs() < SNAP, t.round(), t).view(sigma.shape)
 
     def scale_and_alphas_cumprod(self, sigma: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """s(t) and ᾱ at each sigma, in `dtype` (float64 when the sampler carries latents in float64): at the
         table's points the training values (ᾱ = 0 at the last timestep with zero terminal SNR, which the sigma
         table can only approach), between them the interpolated s and the ᾱ that sigma implies."""
+        tables = self.tables(sigma.device)
         t = self.timestep(sigma)
         on_table = t == t.round()
-        index = t.round().long().clamp(0, self.num_timesteps - 1).cpu()
-        s = torch.where(on_table, self.exact_scales[index].to(t.device, dtype), self._scale(t).to(dtype))
+        index = t.round().long().clamp(0, self.num_timesteps - 1)
+        between = interp(t, tables.steps, tables.scales).to(dtype)
+        s = torch.where(on_table, tables.exact_scales[index].to(dtype), between)
         implied = 1.0 / (1.0 + (sigma.to(dtype) * s) ** 2)
-        a = torch.where(on_table, self.exact_alphas_cumprod[index].to(t.device, dtype), implied)
+        a = torch.where(on_table, tables.exact_alphas_cumprod[index].to(dtype), implied)
         return s, a
-
-    def _scale(self, t: torch.Tensor) -> torch.Tensor:
-        steps = torch.arange(self.scales.shape[0], dtype=t.dtype, device=self.scales.device)
-        return interp(t.to(self.scales.device), steps, self.scales).to(t.device)
 
     def z_factor(self, sigma: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """alpha' = s(t) sqrt(ᾱ), ᾱ = 1 / (1 + (sigma s)^2): the model's input z = alpha' x."""
@@ -170,6 +179,15 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         window = transformer_options.get("context_window")
         if getattr(window, "causal_anchor_index", None) is not None and window.causal_anchor_index >= 0:
             frames += 1  # ComfyUI 0.33's causal_window_fix puts the frame before the window in front of it
+        if x.shape[0] % frames:
+            raise InputError(f"the UNet was given {x.shape[0]} latent frames for videos of {frames}: the batch "
+                             "must hold whole videos (frames in the batch, one video per run)")
+        # the UNet takes one sigma and one conditioning per video: the sampling run checks that each video's frames
+        # carried one (without a host sync per call; a call outside a run is checked at once)
+        checks = transformer_options.get(FRAME_CHECKS) or FrameChecks()
+        checks.record(t, c_crossattn, frames)
+        if FRAME_CHECKS not in transformer_options:
+            checks.check()
         concat = window_rows(c_concat, x.shape[0], frames, transformer_options)
         xc = torch.cat([self.model_sampling.calculate_input(t, x), concat.to(x)], dim=1)
         executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
@@ -184,9 +202,6 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         """The UNet on ComfyUI's layout: frames in the batch, (n T, 8, h, w) -> (n T, 4, h, w), one context
         and fs row per frame (the same for each frame of a video)."""
         frames = num_video_frames
-        if xc.shape[0] % frames:
-            raise InputError(f"the UNet was given {xc.shape[0]} latent frames for videos of {frames}: the batch "
-                             "must hold whole videos (frames in the batch, one video per run)")
         n = xc.shape[0] // frames
         x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
         first = slice(None, None, frames)  # one row per video

@@ -19,6 +19,7 @@ The ComfyUI classes are comfy_model.py's, imported on first use, so the node mod
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -60,6 +61,56 @@ def per_row(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # conversions between ComfyUI's conventions and the core's
+
+
+def carrier_dtype(device: torch.device) -> torch.dtype:
+    """The dtype exact schedule values travel in on `device`: float64 where the device has it (CUDA, the CPU)."""
+    return torch.float64 if device.type in ("cuda", "cpu") else torch.float32
+
+
+@dataclass(frozen=True)
+class ScheduleTables:
+    """The model sampling's tables on one device."""
+    log_sigmas: torch.Tensor  # float32, the table of sigma_eff's logs
+    steps: torch.Tensor  # float32 0 .. num_timesteps - 1
+    scales: torch.Tensor  # float32 s(t)
+    exact_scales: torch.Tensor  # s(t) in the device's carrier dtype
+    exact_alphas_cumprod: torch.Tensor  # ᾱ in the device's carrier dtype
+
+
+FRAME_CHECKS = "dynamicrafter_frame_checks"  # transformer_options key of a sampling run's FrameChecks
+
+
+class FrameChecks:
+    """Whether every frame of each video carried the same sigma and the same conditioning, on every UNet call of a
+    sampling run. DynamiCrafter's UNet takes one timestep and one context per video; a sampler or extension that
+    gives frames their own would otherwise be flattened to the first frame's. The comparisons stay on the device;
+    `check` reads them back once, when the run ends."""
+
+    def __init__(self):
+        self.calls = []
+
+    def record(self, sigmas: torch.Tensor, context: torch.Tensor, frames: int) -> None:
+        videos = sigmas.shape[0] // frames
+        sigmas, context = sigmas.reshape(videos, frames), context.reshape(videos, frames, *context.shape[1:])
+        self.calls.append((torch.stack([(sigmas != sigmas[:, :1]).any(), (context != context[:, :1]).any()]),
+                           sigmas.detach()))
+
+    def check(self) -> None:
+        if not self.calls:
+            return
+        flags = torch.stack([flag for flag, _ in self.calls]).cpu()
+        for (sigma_differs, context_differs), (_, sigmas) in zip(flags.tolist(), self.calls):
+            if sigma_differs:
+                got = ", ".join(f"{v:.6g}" for v in sigmas[0].tolist())
+                raise InputError(f"a sampler gave the frames of one video different sigmas ({got}): DynamiCrafter's "
+                                 "UNet denoises every frame of a video at one noise level. Use a sampler that steps "
+                                 "the whole latent at once (DynamiCrafter DDIM Sampler or ComfyUI's own), without "
+                                 "per-frame noise levels")
+            if context_differs:
+                raise InputError("the frames of one video were given different conditioning: DynamiCrafter's UNet "
+                                 "takes one cross-attention context per video. Give the sampler one conditioning per "
+                                 "video (DynamiCrafter Conditioning's, not a batch of prompts or images)")
 
 
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
@@ -123,13 +174,73 @@ def hints_per_window(executor, model, conds, x_in, timestep, model_options):
             control.cond_hint_original, control.cond_hint = hint, None
 
 
+BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")  # what block_patches runs
+
+
+def unhonoured_unet_patches(transformer_options: dict) -> list:
+    """The model patches in `transformer_options` that this UNet does not run: attention patches and replacements
+    (PAG, SAG, HyperTile, IP-Adapter, token merging set them), which act inside SD's attention layers."""
+    patches = sorted(k for k, v in transformer_options.get("patches", {}).items() if v and k not in BLOCK_PATCHES)
+    replaced = sorted(k for k, v in transformer_options.get("patches_replace", {}).items() if v)
+    return [f"patches[{k!r}]" for k in patches] + [f"patches_replace[{k!r}]" for k in replaced]
+
+
+def context_windows_fail_for_frames_in_batch(handler) -> bool:
+    """Whether this ComfyUI's context windows break on a model with its frames in the batch: ComfyUI 0.3.64's
+    set_step compares every row's timestep with the sampler's sigmas (later releases compare the first)."""
+    import types
+
+    set_step = getattr(type(handler), "set_step", None)
+    if set_step is None:
+        return False
+    try:
+        set_step(types.SimpleNamespace(), torch.ones(2), {"transformer_options": {"sample_sigmas": torch.ones(3)}})
+    except RuntimeError:
+        return True
+    except Exception:  # noqa: BLE001 - any other behaviour is not the failure this looks for
+        return False
+    return False
+
+
+def comfyui_version() -> str:
+    try:
+        import comfyui_version
+
+        return comfyui_version.__version__
+    except ImportError:
+        return "(version unknown)"
+
+
+def sampling_run(executor, *args, **kwargs):
+    """An OUTER_SAMPLE wrapper around every sampling run of DynamiCrafter Model's MODEL (KSampler, SamplerCustom,
+    SamplerCustomAdvanced, any guider): refuses context windows this ComfyUI cannot run on it, names the patches
+    that do not reach its UNet once, and reads the run's frame checks (FrameChecks) when it ends."""
+    options = executor.class_obj.model_options
+    handler = options.get("context_handler")
+    if handler is not None and context_windows_fail_for_frames_in_batch(handler):
+        raise InputError(f"Context Windows cannot run DynamiCrafter's MODEL on ComfyUI {comfyui_version()}: its "
+                         "context windows compare every frame's timestep with the sampler's sigmas, and this model's "
+                         "frames travel in the batch. Update ComfyUI (0.33 runs them), or remove Context Windows and "
+                         "make at most 16 frames per run")
+    transformer_options = options.setdefault("transformer_options", {})
+    skipped = unhonoured_unet_patches(transformer_options)
+    if skipped:
+        log.warning("DynamiCrafter's UNet does not run %s: attention patches and replacements (PAG, SAG, HyperTile, "
+                    "IP-Adapter, ...) have no effect on this model", ", ".join(skipped))
+    checks = transformer_options[FRAME_CHECKS] = FrameChecks()
+    out = executor(*args, **kwargs)
+    checks.check()
+    return out
+
+
 def native_patcher(patcher):
-    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the wrapper the native path needs."""
+    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers."""
     import comfy.patcher_extension
 
     model = patcher.clone()
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, "dynamicrafter_hints",
-                               hints_per_window)
+    wrappers = comfy.patcher_extension.WrappersMP
+    model.add_wrapper_with_key(wrappers.CALC_COND_BATCH, "dynamicrafter_hints", hints_per_window)
+    model.add_wrapper_with_key(wrappers.OUTER_SAMPLE, "dynamicrafter_run", sampling_run)
     return model
 
 
@@ -240,7 +351,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     extra_args = dict(extra_args or {})
     ms = dynamicrafter_sampling(model.inner_model.inner_model.model_sampling, "DynamiCrafter DDIM Sampler")
     schedule = ms.schedule
-    carrier = torch.float64 if x.device.type in ("cuda", "cpu") else torch.float32  # some backends lack float64
+    carrier = carrier_dtype(x.device)
     sigmas = sigmas.float()
     clean = float(sigmas[-1]) == 0.0
     ts = [table_timestep(ms, s) for s in sigmas[:-1]]
@@ -345,12 +456,20 @@ def ddim_sampler(eta: float, original_last_step: bool = True, step_noise: Option
     return comfy.samplers.KSAMPLER(sample_ddim, extra_options=options)
 
 
+GUIDER_SKIPS = {"sampler_cfg_function": "its guidance (RescaleCFG, DynamiCrafter Guidance Rescale, ...)",
+                "sampler_pre_cfg_function": "the branches before guidance",
+                "sampler_calc_cond_batch_function": "how the branches are batched"}
+
+
 def guider(model_patcher, positive, negative, cfg: float, image_cfg: float, guidance_rescale: float):
-    if "sampler_cfg_function" in model_patcher.model_options:
-        log.warning("DynamiCrafter Guider does the original's guidance itself: the model's cfg patch (RescaleCFG, "
-                    "DynamiCrafter Guidance Rescale, ...) is not used; it works with KSampler and CFGGuider")
+    """DynamiCrafter Guider's GUIDER. It runs the branches and the guidance itself: the model's hooks on ComfyUI's
+    own guidance (GUIDER_SKIPS) are not used, each named once here; post-cfg functions are run."""
     from . import comfy_model
 
+    for hook, what in GUIDER_SKIPS.items():
+        if model_patcher.model_options.get(hook):
+            log.warning("DynamiCrafter Guider does the original's guidance itself: the model's %s (%s) is not used; "
+                        "it works with KSampler and CFGGuider", hook, what)
     g = comfy_model.Guider(model_patcher, cfg, image_cfg, guidance_rescale)
     g.set_conds(positive, negative)
     return g

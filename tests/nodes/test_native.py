@@ -6,11 +6,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dynamicrafter_core.pipeline import sample
 
 from .helpers import FIXTURE, comfy_image
-from .real_host import comfy, context_windows, dynamic_vram, load, pytestmark, real  # noqa: F401
+from .real_host import (comfy, context_windows, context_windows_fail_for_frames_in_batch, dynamic_vram, load,  # noqa: F401
+                        pytestmark, real)
 
 NORMALISED = 1e-4  # native vs bundled sampler, the same noise: only float rounding differs
 CHAIN_TOL = 1e-2  # vs the original's latents (tests/acceptance/parity_check.py's tolerance for whole runs)
@@ -402,3 +404,147 @@ def test_sketches_with_context_windows_get_a_sentence(real, toon, pack):
     with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="do not work with context windows"):
         custom_advanced(real["DynamiCrafterAnimate_Noise"].noise(1)[0], guider,
                         real["DynamiCrafterAnimate_DDIMSampler"].sampler(1.0, True)[0], sigmas, latent)
+
+
+# -- what the native path assumes, held ------------------------------------------------------------------------
+
+
+def test_a_sampler_giving_frames_different_sigmas_is_refused_with_what_it_gave(real, model, pack):
+    """The UNet takes one timestep per video: a sampler stepping frames at their own noise levels is refused, not
+    flattened to the first frame's."""
+    import comfy.samplers
+
+    def per_frame_levels(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        levels = torch.linspace(float(sigmas[0]), float(sigmas[1]), x.shape[0])
+        return model(x, levels, **(extra_args or {}))
+
+    context, guidance = encode(real, model)
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 1, 0)
+    (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(unet, 3, "auto", "original")
+    (guider,) = real["DynamiCrafterAnimate_Guider"].guider(unet, positive, negative, 7.5, 0.0, -1.0)
+    first = f"{float(sigmas[0]):.6g}"
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match=rf"different sigmas \({first}, .*one noise level"):
+        custom_advanced(real["DynamiCrafterAnimate_Noise"].noise(1)[0], guider,
+                        comfy.samplers.KSAMPLER(per_frame_levels), sigmas, latent)
+
+
+def test_a_conditioning_with_a_context_per_frame_is_refused(real, model, pack):
+    context, guidance = encode(real, model)
+    positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 1, 0)
+    (cond, extra), = positive
+    frames = latent["samples"].shape[0]
+    per_frame = cond.repeat(frames, 1, 1) + torch.arange(frames).view(-1, 1, 1) * 0.01
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="different conditioning"):
+        native_with(real, model, [[per_frame, extra]], negative, latent)
+
+
+def native_with(real, model, positive, negative, latent, steps=2):
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(unet, steps, "auto", "original")
+    (guider,) = real["DynamiCrafterAnimate_Guider"].guider(unet, positive, negative, 7.5, 0.0, -1.0)
+    return custom_advanced(real["DynamiCrafterAnimate_Noise"].noise(1)[0], guider,
+                           real["DynamiCrafterAnimate_DDIMSampler"].sampler(1.0, True)[0], sigmas, latent)
+
+
+def test_the_schedule_conversions_never_read_back_to_the_host(real, model, pack):
+    """On the meta device a tensor has no data, so any read back to the host (.cpu(), .item(), float(), bool())
+    raises: the model sampling's conversions, which run for every branch of every step, make none. The schedule's
+    tables are copied to a device once, not per call."""
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    ms = unet.get_model_object("model_sampling")
+    meta = torch.device("meta")
+    sigma = ms.sigmas[[999, 600, 0]].to(meta)
+    x = torch.empty(3, 4, 8, 8, device=meta)
+    for dtype in (torch.float32, torch.float64):
+        xd = x.to(dtype)
+        z = ms.calculate_input(sigma, xd)
+        denoised = ms.calculate_denoised(sigma, torch.empty_like(x), xd)
+        prediction, state = ms.prediction(sigma, denoised, xd)
+        assert z.device == denoised.device == prediction.device == ms.denoised(prediction, state).device == meta
+    assert ms.noise_scaling(sigma, x, x, max_denoise=True).device == meta
+    assert ms.timestep(sigma).device == meta
+    tables = ms.tables(meta)
+    ms.calculate_input(sigma, x)
+    assert ms.tables(meta) is tables
+    checks = pack.nodes.native.FrameChecks()
+    checks.record(sigma, torch.empty(3, 77, 16, device=meta), 3)  # recorded on the device, read once per run
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts reads of a tensor's value into Python (.item(), float(), bool(), int()): each is a host sync on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_guided_step_reads_no_value_back_to_the_host(real, model, pack, monkeypatch):
+    """Everything a step of DynamiCrafter Guider runs (ComfyUI's batching of the branches, the conversions, the
+    UNet, the guidance and its rescale) reads no tensor value into Python: 0 host syncs per step."""
+    guider_class = pack.nodes.comfy_model.Guider
+    predict = guider_class.predict_noise
+    reads, steps = ScalarReads(), []
+
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        with reads:
+            return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(guider_class, "predict_noise", counted)
+    context, guidance = encode(real, model)
+    native(real, model, context, guidance, 1, steps=3, image_cfg=2.0)
+    assert len(steps) == 3 and reads.count == 0
+
+
+def test_model_hooks_our_guider_skips_are_named_once(real, model, caplog):
+    """DynamiCrafter Guider runs the branches and the guidance itself: each model hook on ComfyUI's own guidance
+    that it does not run is named once when the guider is made; attention patches, which this UNet does not run
+    under any sampler, are named once per run (not per step)."""
+    context, guidance = encode(real, model)
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    patched = unet.clone()
+    patched.set_model_sampler_pre_cfg_function(lambda args: args["conds_out"])
+    patched.set_model_sampler_calc_cond_batch_function(lambda args: None)
+    patched.set_model_sampler_cfg_function(lambda args: args["cond"])
+    positive, negative, _ = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 1, 0)
+    with caplog.at_level("WARNING"):
+        real["DynamiCrafterAnimate_Guider"].guider(patched, positive, negative, 7.5, 0.0, -1.0)
+    for hook in ("sampler_pre_cfg_function", "sampler_calc_cond_batch_function", "sampler_cfg_function"):
+        assert caplog.text.count(f"model's {hook} ") == 1, hook
+    caplog.clear()
+
+    def attention(unet):
+        patched = unet.clone()
+        patched.set_model_attn1_patch(lambda q, k, v, extra_options: (q, k, v))
+        patched.set_model_attn2_replace(lambda q, k, v, extra_options: q, "middle", 0)
+        return patched
+
+    with caplog.at_level("WARNING"):
+        native(real, model, context, guidance, 1, steps=3, patch=attention)
+    assert caplog.text.count("patches['attn1_patch'], patches_replace['attn2']") == 1
+
+
+def test_context_windows_on_a_comfyui_that_cannot_run_them_get_a_sentence(real, model, pack):
+    """ComfyUI 0.3.64's context windows compare every frame's timestep with the sigmas: there the run is refused with
+    the version and the fix, not ComfyUI's tensor-size error. (Where they work, test_context_windows_* run them.)"""
+    pytest.importorskip("comfy.context_windows")
+    if not context_windows_fail_for_frames_in_batch():
+        pytest.skip("this ComfyUI's context windows run models with frames in the batch")
+    import comfy.context_windows as windows
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    context, guidance = encode(real, model, frames=24)
+
+    def windowed(unet):
+        return ContextWindowsManualNode.execute(unet, context_length=16, context_overlap=4, context_stride=1,
+                                                closed_loop=False, dim=0, fuse_method=windows.ContextFuseMethods.PYRAMID,
+                                                context_schedule=windows.ContextSchedules.STATIC_STANDARD).result[0]
+
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError,
+                       match=r"Context Windows cannot run DynamiCrafter's MODEL on ComfyUI 0\.3\.64.*Update ComfyUI"):
+        native(real, model, context, guidance, 1, steps=2, patch=windowed)
