@@ -34,6 +34,11 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
         self.sigma_data = 1.0
         self.num_timesteps = schedule.num_timesteps
         self.zsnr = bool(schedule.alphas_cumprod[-1] == 0)
+        if self.zsnr and self.parameterization == "eps":
+            # x0 = (z - sqrt(1 - ᾱ) eps) / sqrt(ᾱ): at the last timestep ᾱ = 0 and an eps model says nothing of x0
+            raise InputError("this checkpoint's configuration predicts eps (parameterization: eps) with a zero "
+                             "terminal SNR schedule (rescale_betas_zero_snr), which cannot give the clean latent at "
+                             "the last timestep; DynamiCrafter's zero-SNR models predict v: fix the configuration")
         sigmas = effective_sigmas(schedule).float()
         self.register_buffer("sigmas", sigmas)
         # log of the float32 table, as the log of a float32 sigma a scheduler hands back is computed
@@ -57,9 +62,9 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
                 exact_alphas_cumprod=self.exact_alphas_cumprod.to(device, exact))
         return self.on_device[device]
 
-    def set_sigmas(self, sigmas):  # ComfyUI's own ModelSamplingDiscrete would replace the table: keep ours
-        raise InputError("DynamiCrafter's model sampling folds its dynamic rescale into its sigmas; do not patch "
-                         "it with ModelSamplingDiscrete (remove that node)")
+    def set_sigmas(self, sigmas):  # ModelSamplingDiscrete's table setter: the table here is the schedule itself
+        raise InputError("DynamiCrafter's sigma table is its schedule, with the dynamic rescale folded in, and "
+                         "cannot be replaced; sample with the model sampling DynamiCrafter Model gives")
 
     # -- sigma -> timestep, s(t), ᾱ -----------------------------------------------------------------------
 

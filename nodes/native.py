@@ -336,6 +336,19 @@ def table_timestep(ms, sigma: float) -> int:
     return int(round(t))
 
 
+def ddim_plan(ms, sigmas: torch.Tensor) -> tuple[list, Optional[int]]:
+    """The timesteps DDIM visits, decreasing, and the one its last step lands on (None: sigma 0, the clean latent),
+    from DynamiCrafter Scheduler's sigmas. With end "original" the last step lands on timestep 0, which uniform
+    trailing spacing at 667 steps and more also visits: the original then steps from 0 to 0."""
+    clean = float(sigmas[-1]) == 0.0
+    ts = [table_timestep(ms, s) for s in sigmas[:-1]]
+    t_end = None if clean else table_timestep(ms, sigmas[-1])
+    ends = clean or t_end < ts[-1] or t_end == ts[-1] == 0
+    if not ends or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise InputError("the sigmas must decrease; use DynamiCrafter Scheduler")
+    return ts, t_end
+
+
 @torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 1.0,
                 original_last_step: bool = True, step_noise: Optional[torch.Tensor] = None):
@@ -353,11 +366,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     schedule = ms.schedule
     carrier = carrier_dtype(x.device)
     sigmas = sigmas.float()
-    clean = float(sigmas[-1]) == 0.0
-    ts = [table_timestep(ms, s) for s in sigmas[:-1]]
-    t_end = None if clean else table_timestep(ms, sigmas[-1])
-    if any(a <= b for a, b in zip(ts + ([] if clean else [t_end]), ts[1:] + ([] if clean else [t_end]))):
-        raise InputError("the sigmas must decrease; use DynamiCrafter Scheduler")
+    ts, t_end = ddim_plan(ms, sigmas)
+    clean = t_end is None
     # ᾱ and sigma of each step as the core's ddim_parameters computes them
     ac = exact_alphas_cumprod(schedule)
     a_t = ac[torch.tensor(ts)]

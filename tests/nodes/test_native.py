@@ -548,3 +548,26 @@ def test_context_windows_on_a_comfyui_that_cannot_run_them_get_a_sentence(real, 
     with pytest.raises(pack.dynamicrafter_core.errors.InputError,
                        match=r"Context Windows cannot run DynamiCrafter's MODEL on ComfyUI 0\.3\.64.*Update ComfyUI"):
         native(real, model, context, guidance, 1, steps=2, patch=windowed)
+
+
+def test_the_ddim_sampler_takes_the_schedulers_sigmas_at_every_step_count(real, model, pack):
+    """Uniform trailing at 667 steps and more visits timestep 0, where end "original" also lands: the DDIM sampler
+    takes the Scheduler's sigmas for every step count it offers, as the original steps."""
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    ms = unet.get_model_object("model_sampling")
+    for steps in (1, 50, 666, 667, 1000):
+        for end in ("original", "clean"):
+            (sigmas,) = real["DynamiCrafterAnimate_Scheduler"].sigmas(unet, steps, "uniform_trailing", end)
+            visited, landing = pack.nodes.native.ddim_plan(ms, sigmas)
+            assert len(visited) == steps and landing == (0 if end == "original" else None)
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="the sigmas must decrease"):
+        pack.nodes.native.ddim_plan(ms, sigmas.flip(0))
+
+
+def test_an_eps_model_with_zero_terminal_snr_is_refused(real, model, pack):
+    """x0 from eps divides by sqrt(ᾱ), 0 at the last timestep of a zero-SNR schedule: refused when the MODEL is made."""
+    schedule = model.core.schedule
+    assert schedule.alphas_cumprod[-1] == 0  # the tiny model's schedule is zero-SNR, as the 512 and 1024 models'
+    eps = type(schedule)(schedule.alphas_cumprod, "eps", schedule.scale_arr)
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="predicts eps .* zero terminal SNR"):
+        pack.nodes.comfy_model.ModelSamplingDynamiCrafter(eps, model.core.defaults)
