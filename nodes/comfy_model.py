@@ -3,6 +3,9 @@ and control object), subclasses of ComfyUI's own. Imported only where ComfyUI ex
 use), so the node modules import without ComfyUI. The conversions they make are native.py's functions."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 import comfy.conds
@@ -304,3 +307,70 @@ class SketchControl(comfy.controlnet.ControlBase):
                                          ms.timestep(t)[first].to(device), cond["c_crossattn"][first].to(device))
         per_frame = [r.transpose(1, 2).reshape(rows, *r.shape[1:2], *r.shape[3:]) for r in residuals]
         return self.control_merge({"output": per_frame[:-1], "middle": per_frame[-1:]}, previous, None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ComfyUI internals the classes above override or read
+
+
+def parameters(function) -> list:
+    return list(inspect.signature(function).parameters)
+
+
+def source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+def causal_anchor_prepended() -> bool:
+    """Context windows without a causal anchor, or with ComfyUI 0.33's (the frame before the window put in front of
+    it, which _apply_model counts and window_frames includes)."""
+    try:
+        import comfy.context_windows as windows
+    except ImportError:
+        return True
+    handler = getattr(windows, "IndexListContextHandler", None)
+    if handler is None or "causal_window_fix" not in parameters(handler.__init__):
+        return True
+    return "causal_anchor_index" in source(windows.IndexListContextWindow.get_tensor)
+
+
+INTERNALS = (
+    ("BaseModel._apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs), which "
+     "DynamiCrafter's MODEL overrides",
+     lambda: parameters(comfy.model_base.BaseModel._apply_model)[:7] == ["self", "x", "t", "c_concat", "c_crossattn",
+                                                                         "control", "transformer_options"]),
+    ("BaseModel.apply_model calling _apply_model",
+     lambda: "_apply_model" in source(comfy.model_base.BaseModel.apply_model)),
+    ("the wrappers DIFFUSION_MODEL, CALC_COND_BATCH and OUTER_SAMPLE (comfy.patcher_extension)",
+     lambda: all(hasattr(comfy.patcher_extension.WrappersMP, k) for k in ("DIFFUSION_MODEL", "CALC_COND_BATCH",
+                                                                           "OUTER_SAMPLE"))
+     and hasattr(comfy.patcher_extension.WrapperExecutor, "new_class_executor")),
+    ("comfy.samplers.calc_cond_batch(model, conds, x_in, timestep, model_options), which DynamiCrafter Guider calls",
+     lambda: parameters(comfy.samplers.calc_cond_batch) == ["model", "conds", "x_in", "timestep", "model_options"]),
+    ("CFGGuider.predict_noise(x, timestep, model_options, seed) and inner_set_conds, which DynamiCrafter Guider "
+     "overrides and calls",
+     lambda: parameters(comfy.samplers.CFGGuider.predict_noise) == ["self", "x", "timestep", "model_options", "seed"]
+     and hasattr(comfy.samplers.CFGGuider, "inner_set_conds")),
+    ("ControlBase's cond_hint_original, cond_hint and previous_controlnet, which the sketch control and the hints "
+     "per context window use",
+     lambda: all(hasattr(comfy.controlnet.ControlBase(), a) for a in ("cond_hint_original", "cond_hint",
+                                                                       "previous_controlnet"))),
+    ("context windows' causal anchor (the frame before a window put in front of it)", causal_anchor_prepended),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def changed_internals() -> tuple:
+    """What of INTERNALS this ComfyUI no longer has, as sentences (empty where it has all)."""
+    changed = []
+    for what, holds in INTERNALS:
+        try:
+            ok = holds()
+        except Exception:  # noqa: BLE001 - a missing class or attribute is a change like any other
+            ok = False
+        if not ok:
+            changed.append(what)
+    return tuple(changed)

@@ -234,9 +234,18 @@ def sampling_run(executor, *args, **kwargs):
 
 
 def native_patcher(patcher):
-    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers."""
+    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers. Refused on a
+    ComfyUI whose internals that the native classes override or read changed (comfy_model.INTERNALS), rather than
+    run wrong."""
     import comfy.patcher_extension
 
+    from . import comfy_model
+
+    changed = comfy_model.changed_internals()
+    if changed:
+        raise InputError(f"DynamiCrafter's native MODEL relies on ComfyUI internals that ComfyUI {comfyui_version()} "
+                         f"changed: {'; '.join(changed)}. Use a ComfyUI the README names as tested (0.3.45 to "
+                         "0.33), or I2V Sampler, which does not depend on them")
     model = patcher.clone()
     wrappers = comfy.patcher_extension.WrappersMP
     model.add_wrapper_with_key(wrappers.CALC_COND_BATCH, "dynamicrafter_hints", hints_per_window)

@@ -571,3 +571,24 @@ def test_an_eps_model_with_zero_terminal_snr_is_refused(real, model, pack):
     eps = type(schedule)(schedule.alphas_cumprod, "eps", schedule.scale_arr)
     with pytest.raises(pack.dynamicrafter_core.errors.InputError, match="predicts eps .* zero terminal SNR"):
         pack.nodes.comfy_model.ModelSamplingDynamiCrafter(eps, model.core.defaults)
+
+
+def test_the_internals_the_native_model_relies_on_are_checked_when_it_is_made(real, model, pack, monkeypatch):
+    """This ComfyUI has them all; one whose BaseModel._apply_model takes other arguments gets a sentence naming the
+    version and what changed, from DynamiCrafter Model, instead of a MODEL that runs wrong."""
+    import comfy.model_base
+
+    comfy_model = pack.nodes.comfy_model
+    assert comfy_model.changed_internals() == ()
+    comfy_model.changed_internals.cache_clear()
+
+    def changed(self, x, sigma, concat=None, **kwargs):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(comfy.model_base.BaseModel, "_apply_model", changed)
+    try:
+        with pytest.raises(pack.dynamicrafter_core.errors.InputError,
+                           match=r"ComfyUI internals that ComfyUI \S+ changed: BaseModel\._apply_model\(x, t, c_concat"):
+            real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    finally:
+        comfy_model.changed_internals.cache_clear()
