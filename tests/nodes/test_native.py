@@ -253,9 +253,21 @@ def test_context_windows_make_a_longer_video_with_the_end_frame_at_the_end(real,
 # -- model patches -----------------------------------------------------------------------------------------------
 
 
+def unet_calls(model, run) -> int:
+    """How many times the core UNet ran during run()."""
+    calls = []
+    hook = model.core.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return len(calls)
+
+
 def test_freeu_and_easycache_run_on_the_native_model(real, model):
     """Core patches that act on the denoiser: FreeU (the UNet's output-block patch, on the tiny UNet's 64-channel
-    blocks) changes the video; EasyCache (a wrapper around the diffusion model) runs."""
+    blocks) changes the video; EasyCache (a wrapper around the diffusion model) engages: it skips UNet calls and
+    reuses its cached outputs."""
     context, guidance = encode(real, model)
     plain = native(real, model, context, guidance, 2, steps=4)["samples"]
     try:
@@ -276,10 +288,21 @@ def test_freeu_and_easycache_run_on_the_native_model(real, model):
         return
 
     def easycache(unet):
-        return EasyCacheNode.execute(unet, 0.2, 0.15, 0.95, False).result[0]
+        return EasyCacheNode.execute(unet, 1.5, 0.15, 0.95, False).result[0]  # the tiny model's output moves fast
 
-    cached = native(real, model, context, guidance, 2, steps=4, patch=easycache)["samples"]
-    assert torch.isfinite(cached).all()
+    steps = 12
+    runs = {}
+    try:
+        counts = {name: unet_calls(model, lambda name=name, patch=patch: runs.__setitem__(
+            name, native(real, model, context, guidance, 2, steps=steps, patch=patch)["samples"]))
+            for name, patch in (("plain", None), ("cached", easycache))}
+    except RuntimeError as e:
+        if "must match the size of tensor" not in str(e):
+            raise
+        pytest.xfail("this ComfyUI's EasyCache keeps one cached row per conditioning: when it skips a step it fails "
+                     "for a model with its frames in the batch (ComfyUI 0.3.64; 0.33.0 skips steps)")
+    assert counts["plain"] == steps and 0 < counts["cached"] < steps, counts  # one batched call per step
+    assert torch.isfinite(runs["cached"]).all() and not torch.equal(runs["cached"], runs["plain"])
 
 
 def test_rescalecfg_runs_with_ksampler_and_our_guider_says_it_ignores_it(real, model, caplog):
