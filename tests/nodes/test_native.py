@@ -307,8 +307,23 @@ def test_freeu_and_easycache_run_on_the_native_model(real, model):
     assert torch.isfinite(runs["cached"]).all() and not torch.equal(runs["cached"], runs["plain"])
 
 
-def test_rescalecfg_runs_with_ksampler_and_our_guider_says_it_ignores_it(real, model, caplog):
-    """ComfyUI's RescaleCFG is not the original's rescale (README), but it must not break anything."""
+def rescale_cfg_formula(args: dict, multiplier: float) -> torch.Tensor:
+    """ComfyUI's RescaleCFG (comfy_extras/nodes_model_advanced.py), written out: guidance on the v of a plain VP
+    schedule (x / (sigma^2 + 1)), rescaled per frame (std over dims 1-3)."""
+    x_orig, sigma = args["input"], args["sigma"].view(-1, 1, 1, 1)
+    x = x_orig / (sigma ** 2 + 1.0)
+    cond, uncond = ((x - branch) * (sigma ** 2 + 1.0) ** 0.5 / sigma
+                    for branch in (args["cond_denoised"], args["uncond_denoised"]))
+    x_cfg = uncond + args["cond_scale"] * (cond - uncond)
+    rescaled = x_cfg * cond.std(dim=(1, 2, 3), keepdim=True) / x_cfg.std(dim=(1, 2, 3), keepdim=True)
+    final = multiplier * rescaled + (1.0 - multiplier) * x_cfg
+    return x_orig - (x - final * sigma / (sigma ** 2 + 1.0) ** 0.5)
+
+
+def test_rescalecfg_acts_with_ksampler_as_its_formula_and_our_guider_says_it_ignores_it(real, model, caplog):
+    """ComfyUI's RescaleCFG is not the original's rescale (README), but with KSampler it does what it says: on every
+    step its output is its formula of the branches DynamiCrafter's MODEL gave (per frame, a plain schedule's v), and
+    it changes the video. DynamiCrafter Guider does not use it, and says so."""
     import comfy.sample
     from comfy_extras.nodes_model_advanced import RescaleCFG
 
@@ -316,10 +331,24 @@ def test_rescalecfg_runs_with_ksampler_and_our_guider_says_it_ignores_it(real, m
     (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
     patched = (RescaleCFG().patch(unet, 0.7) if hasattr(RescaleCFG, "patch") else
                RescaleCFG.execute(unet, 0.7).result)[0]
+    rescale, seen = patched.model_options["sampler_cfg_function"], []
+
+    def recorded(args):
+        out = rescale(args)
+        seen.append((rescale_cfg_formula(args, 0.7), out))
+        return out
+
+    patched.set_model_sampler_cfg_function(recorded)
     positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, 3, 0)
-    out = comfy.sample.sample(patched, comfy.sample.prepare_noise(latent["samples"], 3), 3, 7.5, "euler", "simple",
-                              positive, negative, latent["samples"], seed=3)
-    assert torch.isfinite(out).all()
+    noise = comfy.sample.prepare_noise(latent["samples"], 3)
+
+    def run(model):
+        return comfy.sample.sample(model, noise, 3, 7.5, "euler", "simple", positive, negative, latent["samples"],
+                                   seed=3)
+
+    out = run(patched)
+    assert len(seen) == 3 and all(torch.allclose(got, formula, rtol=1e-5, atol=1e-5) for formula, got in seen)
+    assert not torch.equal(out, run(unet))
     with caplog.at_level("WARNING"):
         real["DynamiCrafterAnimate_Guider"].guider(patched, positive, negative, 7.5, 0.0, -1.0)
     assert "is not used" in caplog.text
