@@ -21,8 +21,9 @@ from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.sampler import effective_sigmas, exact_alphas_cumprod, prediction_from_x0, x0_from_prediction
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import memory
-from .native import (CONCAT, CONDITIONING_HINT, FRAME_CHECKS, FS, SNAP, FrameChecks, ScheduleTables, block_patches,
-                     carrier_dtype, cfg_denoised, control_residuals, image_negative, interp, per_row, window_rows)
+from .native import (BRANCH, CONCAT, CONDITIONING_HINT, CONTROLLED, FRAME_CHECKS, FS, SNAP, FrameChecks, ScheduleTables,
+                     block_patches, carrier_dtype, cfg_denoised, control_residuals, image_negative, interp, per_row,
+                     window_rows)
 
 
 class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -142,6 +143,12 @@ class CONDFrames(comfy.conds.CONDNoiseShape):
         return super().process_cond(batch_size, area=area, **kwargs)
 
 
+def comfy_memory_usage_factor(model_channels: int) -> float:
+    """memory.UNET_FACTOR in ComfyUI's memory_usage_factor units: bytes = rows x h w x dtype bytes x 0.01 x factor MiB
+    (BaseModel.memory_required with flash attention), per UNet call."""
+    return memory.MARGIN * memory.UNET_FACTOR * model_channels / (0.01 * 2 ** 20)
+
+
 class DynamiCrafterBase(comfy.model_base.BaseModel):
     def __init__(self, config, core):
         kind = comfy.model_base.ModelType.V_PREDICTION if core.schedule.parameterization == "v" \
@@ -149,7 +156,9 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         super().__init__(config, kind)
         self.diffusion_model = core.unet
         self.model_sampling = ModelSamplingDynamiCrafter(core.schedule, core.defaults)
-        self.memory_usage_factor = memory.UNET_FACTOR
+        # ComfyUI's units (MiB per 100 latent values per byte of dtype, its flash-attention formula), for code that
+        # reads the factor; memory_required below is what ComfyUI asks
+        self.memory_usage_factor = comfy_memory_usage_factor(core.unet.cfg.model_channels)
 
     def extra_conds(self, **kwargs):
         cross_attn, concat, noise = kwargs.get("cross_attn"), kwargs.get(CONCAT), kwargs["noise"]
@@ -173,10 +182,21 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
             out["crossattn_controlnet"] = comfy.conds.CONDCrossAttn(text)
         return out
 
+    def extra_conds_shapes(self, **kwargs):
+        """What ComfyUI's estimate before sampling hands memory_required, per conditioning: one BRANCH entry each
+        (image cfg's third counted), and CONTROLLED where a ControlNet or the sketch encoder runs beside the UNet."""
+        return {BRANCH: [1], **({CONTROLLED: [1]} if kwargs.get("control") is not None else {})}
+
     def memory_required(self, input_shape, cond_shapes={}):
+        """Bytes of working memory for a UNet call on `input_shape` (rows = branches x frames). ComfyUI's estimate
+        before sampling asks for two branches' rows: with three conditionings (image cfg) it is three. The estimate
+        does not follow ComfyUI's attention mode: this UNet's attention is its own (memory-efficient SDPA)."""
+        rows, branches = input_shape[0], len(cond_shapes.get(BRANCH, ()))
+        if branches > 2:
+            rows = rows // 2 * branches
         unet = self.diffusion_model
-        return memory.unet(1, 1, input_shape[0], tuple(input_shape[2:]), unet.cfg.model_channels,
-                           unet.dtype.itemsize)
+        return memory.unet(1, 1, rows, tuple(input_shape[2:]), unet.cfg.model_channels, unet.dtype.itemsize,
+                           controlled=bool(cond_shapes.get(CONTROLLED)))
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                      **kwargs):
@@ -221,7 +241,6 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
 class DynamiCrafterConfig(comfy.supported_models_base.BASE):
     unet_extra_config = {}
     latent_format = comfy.latent_formats.SD15
-    memory_usage_factor = memory.UNET_FACTOR
 
 
 class Guider(comfy.samplers.CFGGuider):

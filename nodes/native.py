@@ -78,6 +78,9 @@ class ScheduleTables:
     exact_alphas_cumprod: torch.Tensor  # ᾱ in the device's carrier dtype
 
 
+# keys of extra_conds_shapes (ComfyUI's estimate before sampling hands them to memory_required)
+BRANCH = "dynamicrafter_branch"  # one per conditioning: the guidance branches
+CONTROLLED = "dynamicrafter_controlled"  # a ControlNet or the sketch encoder runs beside the UNet
 FRAME_CHECKS = "dynamicrafter_frame_checks"  # transformer_options key of a sampling run's FrameChecks
 
 

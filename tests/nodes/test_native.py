@@ -646,3 +646,24 @@ def test_the_internals_the_native_model_relies_on_are_checked_when_it_is_made(re
             real["DynamiCrafterAnimate_NativeModel"].convert(model)
     finally:
         comfy_model.changed_internals.cache_clear()
+
+
+def test_comfyuis_memory_estimate_counts_image_cfgs_third_branch(real, model, pack, monkeypatch):
+    """Before sampling ComfyUI asks the MODEL for two branches' working memory; with image cfg the guider runs three,
+    and the estimate it gets is three branches' (memory.unet, the pack's one UNet estimate)."""
+    base = pack.nodes.comfy_model.DynamiCrafterBase
+    asked = []
+    required = base.memory_required
+
+    def spy(self, input_shape, cond_shapes={}):
+        asked.append((list(input_shape), required(self, input_shape, cond_shapes)))
+        return asked[-1][1]
+
+    monkeypatch.setattr(base, "memory_required", spy)
+    context, guidance = encode(real, model)
+    native(real, model, context, guidance, 1, steps=1, image_cfg=2.0)
+    unet = model.core.unet
+    frames, latent = 4, (8, 8)
+    three = pack.nodes.memory.unet(1, 3, frames, latent, unet.cfg.model_channels, unet.dtype.itemsize)
+    (shape, estimate), *_ = asked
+    assert shape[0] == 2 * frames and estimate == three
