@@ -167,12 +167,12 @@ def model_patcher(module: torch.nn.Module, load_device: torch.device, offload_de
     return cls(module, load_device=load_device, offload_device=offload_device)
 
 
-def diffusion_model(core, compute_dtype: torch.dtype) -> torch.nn.Module:
+def diffusion_model(core) -> torch.nn.Module:
     """What ComfyUI manages for the UNet: a ComfyUI BaseModel whose diffusion model is `core.unet` itself, so the
     patcher that loads it for the bundled samplers is also the MODEL that KSampler, LoRA and ControlNet take."""
     from . import native
 
-    return native.native_model(core, compute_dtype)
+    return native.native_model(core)
 
 
 def load(patchers: Sequence, memory_required: int, full: bool = False) -> None:

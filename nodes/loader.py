@@ -61,7 +61,7 @@ def dtype_plan(choice: str, devices: dict) -> dict:
             "encoders": encoders}
 
 
-def store_fp8(module: torch.nn.Module) -> None:
+def cast_weights_to_fp8(module: torch.nn.Module) -> None:
     """Linear and conv weights to float8 e4m3fn; biases and norms stay in the compute dtype. The layers come from
     comfy.ops.manual_cast (host.ops for fp8), which casts each weight to the input's dtype when it runs."""
     for m in module.modules():
@@ -126,7 +126,7 @@ class Loader:
         unet_storage = plan["unet_compute"] if plan["unet"] == FP8 else plan["unet"]
         core.unet.to(unet_storage)
         if plan["unet"] == FP8:
-            store_fp8(core.unet)
+            cast_weights_to_fp8(core.unet)
         core.unet.compute_dtype = plan["unet_compute"]
         patchers = {}
         for stage, (place, streaming) in PATCHERS.items():
@@ -136,7 +136,7 @@ class Loader:
             if place == "encoders":
                 module.to(plan["encoders"])
             if stage == "unet":
-                module = host.diffusion_model(core, plan["unet_compute"])
+                module = host.diffusion_model(core)
             patchers[stage] = host.model_patcher(module, *devices[place], streaming=streaming)
         names = {k: str(v).replace("torch.", "") for k, v in plan.items()}
         info = (f"{core.describe()} | weights: UNet {names['unet']} (computed in {names['unet_compute']}), "

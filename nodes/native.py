@@ -1,4 +1,5 @@
-"""DynamiCrafter as a native ComfyUI MODEL: the second module that touches comfy.* (host.py is the first).
+"""DynamiCrafter as a native ComfyUI MODEL: the conversions and builders around comfy_model.py's ComfyUI classes (with
+host.py, the modules that touch comfy.*).
 
 The MODEL's diffusion model *is* the core UNet the bundled samplers call, so both paths share one set of weights and
 one ModelPatcher. What ComfyUI needs around it:
@@ -13,29 +14,27 @@ one ModelPatcher. What ComfyUI needs around it:
 - the original's DDIM as a ComfyUI SAMPLER, its guidance as a GUIDER and a cfg function, its noise order as a NOISE.
 
 The maths is the core's (dynamicrafter_core.sampler); this module only converts between ComfyUI's conventions and it.
-The ComfyUI classes are built on first use, so the node modules import without ComfyUI.
+The ComfyUI classes are comfy_model.py's, imported on first use, so the node modules import without ComfyUI.
 """
 from __future__ import annotations
 
-import functools
 import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from ..dynamicrafter_core import noise as seed_noise
 from ..dynamicrafter_core.errors import InputError
-from ..dynamicrafter_core.sampler import (combine_cfg, ddim_sigma, ddim_update, effective_sigmas, exact_alphas_cumprod,
-                                          prediction_from_x0, rescale_cfg, x0_from_prediction)
+from ..dynamicrafter_core.sampler import combine_cfg, ddim_sigma, ddim_update, exact_alphas_cumprod, rescale_cfg
 from ..dynamicrafter_core.unet import TEXT_TOKENS, BlockPatches
-from . import memory
 
 log = logging.getLogger(__name__)
 # keys of DynamiCrafter Conditioning's CONDITIONING entries (ComfyUI hands every key to BaseModel.extra_conds)
 CONCAT = "dynamicrafter_concat"  # the visual detail guidance latents, unscaled, (1 or T, 4, h, w)
 FS = "dynamicrafter_fs"
-# DRAWS: in the positive (for the DDIM sampler's step noise) and the LATENT (for DynamiCrafter Noise's initial noise)
-DRAWS = "dynamicrafter_draws"  # the shapes the conditioning drew from the seed before the initial noise
+# SEED_DRAWS: in the positive (for the DDIM sampler's step noise) and the LATENT (for DynamiCrafter Noise's initial noise)
+SEED_DRAWS = "dynamicrafter_draws"  # the shapes the conditioning drew from the seed before the initial noise
 # keys of its LATENT, which SamplerCustomAdvanced and KSampler pass on to their output
 LOOP = "dynamicrafter_loop"  # the last frame repeats the first: Decode drops it
 REFERENCES = "dynamicrafter_references"  # ToonCrafter: the keyframes' features for its decoder
@@ -45,7 +44,7 @@ CONDITIONING_HINT = ("connect DynamiCrafter Conditioning's positive and negative
                      "Apply ControlNet) to the sampler or guider")
 
 
-def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation (numpy.interp) for increasing xp; exact at the points of xp."""
     x = x.clamp(xp[0], xp[-1])
     i = torch.searchsorted(xp, x.contiguous(), right=True).clamp(1, xp.shape[0] - 1)
@@ -54,287 +53,67 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return torch.where(x == x1, fp[i], fp[i - 1] + w * (fp[i] - fp[i - 1]))
 
 
-def _rows(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_row(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-row value (N,) shaped to broadcast over `like` (N, ...)."""
     return value.reshape(value.shape[:1] + (1,) * (like.ndim - 1)) if value.ndim else value
 
 
-@functools.lru_cache(maxsize=None)
-def classes():
-    """The ComfyUI classes, built once ComfyUI is importable."""
-    import comfy.conds
-    import comfy.controlnet
-    import comfy.latent_formats
-    import comfy.model_base
-    import comfy.model_sampling
-    import comfy.patcher_extension
-    import comfy.samplers
-    import comfy.supported_models_base
-
-    class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
-        """The table of sigma_eff (module docstring) for ComfyUI's samplers and schedulers, plus the exact ᾱ and s(t)
-        of every timestep for the conversions. Table points map back to their integer timestep exactly."""
-
-        def __init__(self, schedule, defaults):
-            torch.nn.Module.__init__(self)
-            self.schedule = schedule  # the core NoiseSchedule (float64), for the exact DDIM sampler
-            self.parameterization = schedule.parameterization
-            self.defaults = defaults  # the variant's sampling defaults (config.SamplingDefaults)
-            self.sigma_data = 1.0
-            self.num_timesteps = schedule.num_timesteps
-            self.zsnr = bool(schedule.alphas_cumprod[-1] == 0)
-            sigmas = effective_sigmas(schedule).float()
-            self.register_buffer("sigmas", sigmas)
-            # log of the float32 table, as the log of a float32 sigma a scheduler hands back is computed
-            self.register_buffer("log_sigmas", sigmas.log())
-            scale = schedule.scale_arr[:schedule.num_timesteps] if schedule.scale_arr is not None else None
-            scale = (scale if scale is not None else torch.ones(self.num_timesteps, dtype=torch.float64))
-            self.register_buffer("scales", scale.float())
-            # float64 copies on the CPU (not buffers: some devices have no float64), looked up per step
-            self.exact_scales, self.exact_alphas_cumprod = scale.double(), exact_alphas_cumprod(schedule)
-
-        def set_sigmas(self, sigmas):  # ComfyUI's own ModelSamplingDiscrete would replace the table: keep ours
-            raise InputError("DynamiCrafter's model sampling folds its dynamic rescale into its sigmas; do not patch "
-                             "it with ModelSamplingDiscrete (remove that node)")
-
-        # -- sigma -> timestep, s(t), ᾱ -----------------------------------------------------------------------
-
-        def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-            """Continuous timestep of sigma (an integer at the table's points)."""
-            ls = self.log_sigmas
-            steps = torch.arange(ls.shape[0], dtype=ls.dtype, device=ls.device)
-            t = _interp(sigma.float().to(ls.device).log(), ls, steps)
-            # a table sigma whose log another device rounded differently is still its timestep
-            t = torch.where((t - t.round()).abs() < SNAP, t.round(), t)
-            return t.view(sigma.shape).to(sigma.device)
-
-        def _at(self, sigma: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-            """s(t) and ᾱ at each sigma, in `dtype` (float64 when the sampler carries latents in float64): at the
-            table's points the training values (ᾱ = 0 at the last timestep with zero terminal SNR, which the sigma
-            table can only approach), between them the interpolated s and the ᾱ that sigma implies."""
-            t = self.timestep(sigma)
-            on_table = t == t.round()
-            index = t.round().long().clamp(0, self.num_timesteps - 1).cpu()
-            s = torch.where(on_table, self.exact_scales[index].to(t.device, dtype), self._scale(t).to(dtype))
-            implied = 1.0 / (1.0 + (sigma.to(dtype) * s) ** 2)
-            a = torch.where(on_table, self.exact_alphas_cumprod[index].to(t.device, dtype), implied)
-            return s, a
-
-        def _scale(self, t: torch.Tensor) -> torch.Tensor:
-            steps = torch.arange(self.scales.shape[0], dtype=t.dtype, device=self.scales.device)
-            return _interp(t.to(self.scales.device), steps, self.scales).to(t.device)
-
-        def z_factor(self, sigma: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            """alpha' = s(t) sqrt(ᾱ), ᾱ = 1 / (1 + (sigma s)^2): the model's input z = alpha' x."""
-            s, _ = self._at(sigma, dtype)
-            return s / (1.0 + (sigma.to(dtype) * s) ** 2) ** 0.5
-
-        # -- ComfyUI's model-sampling interface (maths in the latent's dtype) ----------------------------------
-
-        def calculate_input(self, sigma, noise):
-            return noise * _rows(self.z_factor(sigma, noise.dtype), noise)
-
-        def _state(self, sigma, model_input) -> tuple:
-            """(z, ᾱ, s) for ComfyUI's latent at sigma, per row, in the latent's dtype."""
-            z = self.calculate_input(sigma, model_input)
-            s, a = (_rows(v, model_input) for v in self._at(sigma, model_input.dtype))
-            return z, a, s
-
-        def calculate_denoised(self, sigma, model_output, model_input):
-            return self.denoised(model_output, self._state(sigma, model_input))
-
-        def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
-            # from pure noise the model's input is the noise itself, as the original starts
-            noise = noise / _rows(self.z_factor(sigma), noise) if max_denoise else noise * _rows(sigma, noise)
-            return noise + latent_image
-
-        def inverse_noise_scaling(self, sigma, latent):
-            return latent
-
-        def prediction(self, sigma, denoised, model_input) -> tuple[torch.Tensor, tuple]:
-            """The model output (v or eps) that gives `denoised`, and what converts it back: guidance and its
-            rescale act on the model output, as the original's. In float64 the round trip returns the float32
-            model output exactly."""
-            z, a, s = state = self._state(sigma, model_input)
-            return prediction_from_x0(self.parameterization, denoised.to(z.dtype) * s, z, a), state
-
-        def denoised(self, prediction, state) -> torch.Tensor:
-            """The denoised latent (ComfyUI's x0, unscaled by s) from a model output at `state` (_state)."""
-            z, a, s = state
-            return x0_from_prediction(self.parameterization, prediction.to(z.dtype), z, a) / s
-
-    class CONDFrames(comfy.conds.CONDNoiseShape):
-        """Per-frame latents (1 or T rows): one row is repeated to the batch; T rows are kept whole even for a
-        shorter batch (a context window of a core that does not slice them), _apply_model picks the window's."""
-
-        def process_cond(self, batch_size, area=None, **kwargs):
-            if self.cond.shape[0] >= batch_size:
-                return self._copy_with(self.cond)
-            return super().process_cond(batch_size, area=area, **kwargs)
-
-    class DynamiCrafterBase(comfy.model_base.BaseModel):
-        def __init__(self, config, core):
-            kind = comfy.model_base.ModelType.V_PREDICTION if core.schedule.parameterization == "v" \
-                else comfy.model_base.ModelType.EPS
-            super().__init__(config, kind)
-            self.diffusion_model = core.unet
-            self.model_sampling = ModelSamplingDynamiCrafter(core.schedule, core.defaults)
-            self.memory_usage_factor = memory.UNET_FACTOR
-
-        def extra_conds(self, **kwargs):
-            cross_attn, concat, noise = kwargs.get("cross_attn"), kwargs.get(CONCAT), kwargs["noise"]
-            if cross_attn is None or concat is None:
-                raise InputError(f"this conditioning was not made for DynamiCrafter (it has no visual detail "
-                                 f"guidance latents): {CONDITIONING_HINT}")
-            width = self.diffusion_model.cfg.context_dim
-            if cross_attn.shape[-1] != width or cross_attn.shape[1] <= TEXT_TOKENS:
-                raise InputError(f"the conditioning's context is {tuple(cross_attn.shape)}, DynamiCrafter needs "
-                                 f"(1, {TEXT_TOKENS} text + image tokens, {width}): {CONDITIONING_HINT}")
-            frames = noise.shape[0]
-            if concat.shape[0] not in (1, frames):
-                raise InputError(f"the latent has {frames} frames but the conditioning was made for "
-                                 f"{concat.shape[0]}: use the LATENT of the same DynamiCrafter Conditioning")
-            out = {"c_crossattn": comfy.conds.CONDCrossAttn(cross_attn),
-                   "c_concat": CONDFrames(self.process_latent_in(concat)),
-                   "fs": comfy.conds.CONDRegular(torch.tensor([int(kwargs.get(FS, 0))], dtype=torch.long)),
-                   "num_video_frames": comfy.conds.CONDConstant(frames)}
-            text = kwargs.get("cross_attn_controlnet")
-            if text is not None:
-                out["crossattn_controlnet"] = comfy.conds.CONDCrossAttn(text)
-            return out
-
-        def memory_required(self, input_shape, cond_shapes={}):
-            unet = self.diffusion_model
-            return memory.unet(1, 1, input_shape[0], tuple(input_shape[2:]), unet.cfg.model_channels,
-                               unet.dtype.itemsize)
-
-        def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
-                         **kwargs):
-            frames = kwargs.get("num_video_frames")
-            if c_concat is None or c_crossattn is None or frames is None:
-                raise InputError(f"DynamiCrafter's MODEL was given conditioning without its visual detail guidance: "
-                                 f"{CONDITIONING_HINT}")
-            window = transformer_options.get("context_window")
-            if getattr(window, "causal_anchor_index", None) is not None and window.causal_anchor_index >= 0:
-                frames += 1  # ComfyUI 0.33's causal_window_fix puts the frame before the window in front of it
-            concat = window_rows(c_concat, x.shape[0], frames, transformer_options)
-            xc = torch.cat([self.model_sampling.calculate_input(t, x), concat.to(x)], dim=1)
-            executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
-                self._diffusion, self, comfy.patcher_extension.get_all_wrappers(
-                    comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options))
-            out = executor.execute(xc, self.model_sampling.timestep(t).float(), c_crossattn, None, control,
-                                   transformer_options, fs=kwargs.get("fs"), num_video_frames=frames)
-            return self.model_sampling.calculate_denoised(t, out.float(), x)
-
-        def _diffusion(self, xc, timesteps, context, y=None, control=None, transformer_options={}, fs=None,
-                       num_video_frames=None):
-            """The UNet on ComfyUI's layout: frames in the batch, (n T, 8, h, w) -> (n T, 4, h, w), one context
-            and fs row per frame (the same for each frame of a video)."""
-            frames = num_video_frames
-            if xc.shape[0] % frames:
-                raise InputError(f"the UNet was given {xc.shape[0]} latent frames for videos of {frames}: the batch "
-                                 "must hold whole videos (frames in the batch, one video per run)")
-            n = xc.shape[0] // frames
-            x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
-            first = slice(None, None, frames)  # one row per video
-            out = self.diffusion_model(x5, timesteps[first], context[first], None if fs is None else fs[first],
-                                       control=control_residuals(control), patches=block_patches(transformer_options))
-            return out.transpose(1, 2).reshape(xc.shape[0], -1, *xc.shape[2:])
-
-    class DynamiCrafterConfig(comfy.supported_models_base.BASE):
-        unet_extra_config = {}
-        latent_format = comfy.latent_formats.SD15
-        memory_usage_factor = memory.UNET_FACTOR
-
-    class Guider(comfy.samplers.CFGGuider):
-        """The original's classifier-free guidance: two branches (cfg), or three with image_cfg (negative prompt
-        with the real image as the third), then its guidance rescale on the model output over the whole video."""
-
-        def __init__(self, model_patcher, cfg: float, image_cfg: float, guidance_rescale: float):
-            super().__init__(model_patcher)
-            self.cfg, self.image_cfg, self.guidance_rescale = cfg, image_cfg, guidance_rescale
-
-        def set_conds(self, positive, negative):
-            conds = {"positive": positive, "negative": negative}
-            if self.image_cfg:
-                conds["image_negative"] = image_negative(positive, negative)
-            self.inner_set_conds(conds)
-
-        def predict_noise(self, x, timestep, model_options={}, seed=None):
-            # cfg 1 is one pass, image_cfg or not, as in the bundled sampler
-            names = ["positive"] if self.cfg == 1 else \
-                ["positive", "negative"] + (["image_negative"] if self.image_cfg else [])
-            # ComfyUI batches the conditionings it is given last first: handing them over reversed puts the
-            # branches in one UNet batch in the bundled sampler's order, so both paths compute the same numbers
-            outs = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds.get(k) for k in reversed(names)], x,
-                                                  timestep, model_options)[::-1]
-            if len(outs) == 1:
-                return outs[0]
-            denoised = cfg_denoised(self.inner_model.model_sampling, x, timestep, outs, self.cfg,
-                                    self.image_cfg or None, self.guidance_rescale)
-            for fn in model_options.get("sampler_post_cfg_function", []):
-                denoised = fn({"denoised": denoised, "cond": self.conds.get("positive"),
-                               "uncond": self.conds.get("negative"), "cond_scale": self.cfg, "model": self.inner_model,
-                               "uncond_denoised": outs[1], "cond_denoised": outs[0], "sigma": timestep,
-                               "model_options": model_options, "input": x})
-            return denoised
-
-    class SketchControl(comfy.controlnet.ControlBase):
-        """ToonCrafter's sketch encoder as one of ComfyUI's control objects (what Apply ControlNet puts in a
-        conditioning): ComfyUI loads it with the model, honours its strength and start / end percent and chains it
-        with other ControlNets. It sees what the bundled sampler's sketch guidance gives it: the model's noisy
-        latent z (no concat), the timestep, the branch's whole context and one drawing per frame."""
-
-        def __init__(self, encoder, hint: torch.Tensor):
-            super().__init__()
-            self.encoder, self.cond_hint_original = encoder, hint  # hint (1, 1, T, H, W)
-            self.model_sampling_current = None
-
-        def pre_run(self, model, percent_to_timestep_function):
-            super().pre_run(model, percent_to_timestep_function)
-            self.model_sampling_current = model.model_sampling
-
-        def cleanup(self):
-            self.model_sampling_current = None
-            super().cleanup()
-
-        def get_models(self):
-            return super().get_models() + [self.encoder.patcher]
-
-        def copy(self):
-            c = SketchControl(self.encoder, self.cond_hint_original)
-            self.copy_to(c)
-            return c
-
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options={}):
-            previous = None if self.previous_controlnet is None else \
-                self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-            if self.timestep_range is not None and not self.timestep_range[1] <= t[0] <= self.timestep_range[0]:
-                return previous
-            ms = self.model_sampling_current
-            hint = self.cond_hint_original
-            frames, rows = hint.shape[2], x_noisy.shape[0]
-            in_pass = cond.get("num_video_frames", frames)  # a context window's length, when windows are on
-            if in_pass != frames or rows % frames or transformer_options.get("context_window") is not None:
-                raise InputError(f"the sketch guidance holds {frames} frames but the UNet sees {in_pass} at a time: "
-                                 "sketches belong to the whole video and do not work with context windows; remove "
-                                 "Context Windows or Apply Sketch Guidance")
-            n = rows // frames
-            z = ms.calculate_input(t, x_noisy).float()
-            z = z.reshape(n, frames, *z.shape[1:]).transpose(1, 2)
-            first = slice(None, None, frames)
-            device = self.encoder.patcher.load_device
-            residuals = self.encoder.control(z.to(device), hint.to(device).expand(n, -1, -1, -1, -1),
-                                             ms.timestep(t)[first].to(device), cond["c_crossattn"][first].to(device))
-            per_frame = [r.transpose(1, 2).reshape(rows, *r.shape[1:2], *r.shape[3:]) for r in residuals]
-            return self.control_merge({"output": per_frame[:-1], "middle": per_frame[-1:]}, previous, None)
-
-    return {"ModelSampling": ModelSamplingDynamiCrafter, "Base": DynamiCrafterBase, "Config": DynamiCrafterConfig,
-            "Guider": Guider, "KSAMPLER": comfy.samplers.KSAMPLER, "SketchControl": SketchControl}
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # conversions between ComfyUI's conventions and the core's
+
+
+def carrier_dtype(device: torch.device) -> torch.dtype:
+    """The dtype exact schedule values travel in on `device`: float64 where the device has it (CUDA, the CPU)."""
+    return torch.float64 if device.type in ("cuda", "cpu") else torch.float32
+
+
+@dataclass(frozen=True)
+class ScheduleTables:
+    """The model sampling's tables on one device."""
+    log_sigmas: torch.Tensor  # float32, the table of sigma_eff's logs
+    steps: torch.Tensor  # float32 0 .. num_timesteps - 1
+    scales: torch.Tensor  # float32 s(t)
+    exact_scales: torch.Tensor  # s(t) in the device's carrier dtype
+    exact_alphas_cumprod: torch.Tensor  # ᾱ in the device's carrier dtype
+
+
+# keys of extra_conds_shapes (ComfyUI's estimate before sampling hands them to memory_required)
+BRANCH = "dynamicrafter_branch"  # one per conditioning: the guidance branches
+CONTROLLED = "dynamicrafter_controlled"  # a ControlNet or the sketch encoder runs beside the UNet
+FRAME_CHECKS = "dynamicrafter_frame_checks"  # transformer_options key of a sampling run's FrameChecks
+
+
+class FrameChecks:
+    """Whether every frame of each video carried the same sigma and the same conditioning, on every UNet call of a
+    sampling run. DynamiCrafter's UNet takes one timestep and one context per video; a sampler or extension that
+    gives frames their own would otherwise be flattened to the first frame's. The comparisons stay on the device;
+    `check` reads them back once, when the run ends."""
+
+    def __init__(self):
+        self.calls = []
+
+    def record(self, sigmas: torch.Tensor, context: torch.Tensor, frames: int) -> None:
+        videos = sigmas.shape[0] // frames
+        sigmas, context = sigmas.reshape(videos, frames), context.reshape(videos, frames, *context.shape[1:])
+        self.calls.append((torch.stack([(sigmas != sigmas[:, :1]).any(), (context != context[:, :1]).any()]),
+                           sigmas.detach()))
+
+    def check(self) -> None:
+        if not self.calls:
+            return
+        flags = torch.stack([flag for flag, _ in self.calls]).cpu()
+        for (sigma_differs, context_differs), (_, sigmas) in zip(flags.tolist(), self.calls):
+            if sigma_differs:
+                got = ", ".join(f"{v:.6g}" for v in sigmas[0].tolist())
+                raise InputError(f"a sampler gave the frames of one video different sigmas ({got}): DynamiCrafter's "
+                                 "UNet denoises every frame of a video at one noise level. Use a sampler that steps "
+                                 "the whole latent at once (DynamiCrafter DDIM Sampler or ComfyUI's own), without "
+                                 "per-frame noise levels")
+            if context_differs:
+                raise InputError("the frames of one video were given different conditioning: DynamiCrafter's UNet "
+                                 "takes one cross-attention context per video. Give the sampler one conditioning per "
+                                 "video (DynamiCrafter Conditioning's, not a batch of prompts or images)")
 
 
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
@@ -349,6 +128,132 @@ def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_option
         raise InputError(f"the visual detail guidance has {concat.shape[0]} rows for {rows} frames")
     full = concat.reshape(n, concat.shape[0] // n, *concat.shape[1:])
     return full[:, list(window.index_list)].reshape(rows, *concat.shape[1:])
+
+
+def window_frames(window) -> list:
+    """The video frames a context window hands the model, in its order: ComfyUI 0.33's causal_window_fix puts the
+    frame before the window in front of it."""
+    anchor = getattr(window, "causal_anchor_index", None)
+    return ([anchor] if anchor is not None and anchor >= 0 else []) + list(window.index_list)
+
+
+def controls_of(conds: list) -> list:
+    """The distinct control objects (Apply ControlNet's, with the ones each chains after) in ComfyUI's conds."""
+    found = {}
+    for cond in conds:
+        for entry in cond or []:
+            control = entry.get("control")
+            while control is not None and id(control) not in found:
+                found[id(control)] = control
+                control = getattr(control, "previous_controlnet", None)
+    return list(found.values())
+
+
+def hints_per_window(executor, model, conds, x_in, timestep, model_options):
+    """A CALC_COND_BATCH wrapper: under context windows, each ControlNet sees the hint frames of the window's own
+    frames. ComfyUI windows the latents and conditions but not control hints: every window would get the hint's first
+    frames, and the second window of a 32-frame video would follow frames 0-15 of the clip instead of its own."""
+    window = model_options.get("transformer_options", {}).get("context_window")
+    if window is None:
+        return executor(model, conds, x_in, timestep, model_options)
+    frames = window_frames(window)
+    total = getattr(window, "total_frames", 0) or max(frames) + 1
+    swapped = []
+    try:
+        for control in controls_of(conds):
+            hint = getattr(control, "cond_hint_original", None)
+            if not isinstance(hint, torch.Tensor) or hint.ndim != 4 or hint.shape[0] == 1:
+                continue  # one hint for every frame, or not a per-frame image hint (the sketch encoder refuses)
+            if hint.shape[0] != total:
+                raise InputError(f"Apply ControlNet's image holds {hint.shape[0]} frames for a video of {total}: with "
+                                 "Context Windows each window takes the hints of its own frames, so give one hint "
+                                 f"image per frame ({total}) or one for every frame")
+            swapped.append((control, hint))
+            # ComfyUI rebuilds its processed hint (resized, on the device) from the original when it is None
+            control.cond_hint_original, control.cond_hint = hint[frames], None
+        return executor(model, conds, x_in, timestep, model_options)
+    finally:
+        for control, hint in swapped:
+            control.cond_hint_original, control.cond_hint = hint, None
+
+
+BLOCK_PATCHES = ("input_block_patch", "input_block_patch_after_skip", "output_block_patch")  # what block_patches runs
+
+
+def unhonoured_unet_patches(transformer_options: dict) -> list:
+    """The model patches in `transformer_options` that this UNet does not run: attention patches and replacements
+    (PAG, SAG, HyperTile, IP-Adapter, token merging set them), which act inside SD's attention layers."""
+    patches = sorted(k for k, v in transformer_options.get("patches", {}).items() if v and k not in BLOCK_PATCHES)
+    replaced = sorted(k for k, v in transformer_options.get("patches_replace", {}).items() if v)
+    return [f"patches[{k!r}]" for k in patches] + [f"patches_replace[{k!r}]" for k in replaced]
+
+
+def context_windows_fail_for_frames_in_batch(handler) -> bool:
+    """Whether this ComfyUI's context windows break on a model with its frames in the batch: ComfyUI 0.3.64's
+    set_step compares every row's timestep with the sampler's sigmas (later releases compare the first)."""
+    import types
+
+    set_step = getattr(type(handler), "set_step", None)
+    if set_step is None:
+        return False
+    try:
+        set_step(types.SimpleNamespace(), torch.ones(2), {"transformer_options": {"sample_sigmas": torch.ones(3)}})
+    except RuntimeError:
+        return True
+    except Exception:  # noqa: BLE001 - any other behaviour is not the failure this looks for
+        return False
+    return False
+
+
+def comfyui_version() -> str:
+    try:
+        import comfyui_version
+
+        return comfyui_version.__version__
+    except ImportError:
+        return "(version unknown)"
+
+
+def sampling_run(executor, *args, **kwargs):
+    """An OUTER_SAMPLE wrapper around every sampling run of DynamiCrafter Model's MODEL (KSampler, SamplerCustom,
+    SamplerCustomAdvanced, any guider): refuses context windows this ComfyUI cannot run on it, names the patches
+    that do not reach its UNet once, and reads the run's frame checks (FrameChecks) when it ends."""
+    options = executor.class_obj.model_options
+    handler = options.get("context_handler")
+    if handler is not None and context_windows_fail_for_frames_in_batch(handler):
+        raise InputError(f"Context Windows cannot run DynamiCrafter's MODEL on ComfyUI {comfyui_version()}: its "
+                         "context windows compare every frame's timestep with the sampler's sigmas, and this model's "
+                         "frames travel in the batch. Update ComfyUI (0.33 runs them), or remove Context Windows and "
+                         "make at most 16 frames per run")
+    transformer_options = options.setdefault("transformer_options", {})
+    skipped = unhonoured_unet_patches(transformer_options)
+    if skipped:
+        log.warning("DynamiCrafter's UNet does not run %s: attention patches and replacements (PAG, SAG, HyperTile, "
+                    "IP-Adapter, ...) have no effect on this model", ", ".join(skipped))
+    checks = transformer_options[FRAME_CHECKS] = FrameChecks()
+    out = executor(*args, **kwargs)
+    checks.check()
+    return out
+
+
+def native_patcher(patcher):
+    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers. Refused on a
+    ComfyUI whose internals that the native classes override or read changed (comfy_model.INTERNALS), rather than
+    run wrong."""
+    import comfy.patcher_extension
+
+    from . import comfy_model
+
+    changed = comfy_model.changed_internals()
+    if changed:
+        raise InputError(f"DynamiCrafter's native MODEL relies on ComfyUI internals that ComfyUI {comfyui_version()} "
+                         f"changed: {'; '.join(changed)}. Use a ComfyUI the README names as tested (0.3.45 to "
+                         "0.33), or I2V Sampler, which does not depend on them")
+    model = patcher.clone()
+    wrappers = comfy.patcher_extension.WrappersMP
+    model.add_wrapper_with_key(wrappers.CALC_COND_BATCH, "dynamicrafter_hints", hints_per_window)
+    model.add_wrapper_with_key(wrappers.OUTER_SAMPLE, "dynamicrafter_run", sampling_run)
+    return model
 
 
 def control_residuals(control: Optional[dict]) -> Optional[list]:
@@ -414,9 +319,11 @@ def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional
     return model_sampling.denoised(m, converted[0][1])
 
 
-def ours(model_sampling, what: str):
+def dynamicrafter_sampling(model_sampling, what: str):
     """DynamiCrafter's model sampling, or a sentence for `what` (a node) that cannot work without it."""
-    if type(model_sampling).__name__ != "ModelSamplingDynamiCrafter" or not hasattr(model_sampling, "schedule"):
+    from . import comfy_model
+
+    if not isinstance(model_sampling, comfy_model.ModelSamplingDynamiCrafter):
         raise InputError(f"{what} needs DynamiCrafter's MODEL (from DynamiCrafter Model); this model samples with "
                          f"{type(model_sampling).__name__}. If it is DynamiCrafter's, a model-sampling node "
                          "(ModelSamplingDiscrete and the like) replaced its schedule, which drops DynamiCrafter's "
@@ -425,7 +332,7 @@ def ours(model_sampling, what: str):
 
 
 def model_sampling_of(model_patcher, what: str):
-    return ours(model_patcher.get_model_object("model_sampling"), what)
+    return dynamicrafter_sampling(model_patcher.get_model_object("model_sampling"), what)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -441,6 +348,19 @@ def table_timestep(ms, sigma: float) -> int:
     return int(round(t))
 
 
+def ddim_plan(ms, sigmas: torch.Tensor) -> tuple[list, Optional[int]]:
+    """The timesteps DDIM visits, decreasing, and the one its last step lands on (None: sigma 0, the clean latent),
+    from DynamiCrafter Scheduler's sigmas. With end "original" the last step lands on timestep 0, which uniform
+    trailing spacing at 667 steps and more also visits: the original then steps from 0 to 0."""
+    clean = float(sigmas[-1]) == 0.0
+    ts = [table_timestep(ms, s) for s in sigmas[:-1]]
+    t_end = None if clean else table_timestep(ms, sigmas[-1])
+    ends = clean or t_end < ts[-1] or t_end == ts[-1] == 0
+    if not ends or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise InputError("the sigmas must decrease; use DynamiCrafter Scheduler")
+    return ts, t_end
+
+
 @torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta: float = 1.0,
                 original_last_step: bool = True, step_noise: Optional[torch.Tensor] = None):
@@ -454,15 +374,12 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     and the initial noise made (core noise.py), so DynamiCrafter Noise + this sampler repeat the bundled sampler's
     video for the same seed."""
     extra_args = dict(extra_args or {})
-    ms = ours(model.inner_model.inner_model.model_sampling, "DynamiCrafter DDIM Sampler")
+    ms = dynamicrafter_sampling(model.inner_model.inner_model.model_sampling, "DynamiCrafter DDIM Sampler")
     schedule = ms.schedule
-    carrier = torch.float64 if x.device.type in ("cuda", "cpu") else torch.float32  # some backends lack float64
+    carrier = carrier_dtype(x.device)
     sigmas = sigmas.float()
-    clean = float(sigmas[-1]) == 0.0
-    ts = [table_timestep(ms, s) for s in sigmas[:-1]]
-    t_end = None if clean else table_timestep(ms, sigmas[-1])
-    if any(a <= b for a, b in zip(ts + ([] if clean else [t_end]), ts[1:] + ([] if clean else [t_end]))):
-        raise InputError("the sigmas must decrease; use DynamiCrafter Scheduler")
+    ts, t_end = ddim_plan(ms, sigmas)
+    clean = t_end is None
     # ᾱ and sigma of each step as the core's ddim_parameters computes them
     ac = exact_alphas_cumprod(schedule)
     a_t = ac[torch.tensor(ts)]
@@ -507,13 +424,13 @@ def _step_stream(model, x: torch.Tensor, seed: Optional[int]):
         raise InputError("the DynamiCrafter DDIM sampler needs a seed (SamplerCustomAdvanced passes the noise's)")
     conds = getattr(model.inner_model, "conds", {}) or {}
     positive = conds.get("positive") or [{}]
-    gen = seed_noise.replay(seed_noise.generator(seed), list(positive[0].get(DRAWS, [])) + [video_shape(x)])
+    gen = seed_noise.replay(seed_noise.generator(seed), list(positive[0].get(SEED_DRAWS, [])) + [video_shape(x)])
     return lambda: video_noise(gen, x)
 
 
 def initial_noise(seed: int, latent: dict) -> torch.Tensor:
     """x_T for a LATENT (T, 4, h, w), drawn after the conditioning's draws."""
-    return video_noise(seed_noise.replay(seed_noise.generator(seed), latent.get(DRAWS, [])), latent["samples"])
+    return video_noise(seed_noise.replay(seed_noise.generator(seed), latent.get(SEED_DRAWS, [])), latent["samples"])
 
 
 def video_shape(frames: torch.Tensor) -> tuple:
@@ -544,27 +461,38 @@ def unet_config(cfg) -> dict:
             "transformer_depth_middle": 1, "use_linear_in_transformer": True}
 
 
-def native_model(core, compute_dtype: Optional[torch.dtype] = None):
-    """ComfyUI's BaseModel whose diffusion model is `core.unet` (the same module, not a copy)."""
-    c = classes()
-    config = c["Config"](unet_config(core.config.unet))
-    if compute_dtype is not None and compute_dtype != core.unet.dtype:
-        config.manual_cast_dtype = compute_dtype
-    return c["Base"](config, core)
+def native_model(core):
+    """ComfyUI's BaseModel whose diffusion model is `core.unet` (the same module, not a copy). Its dtype is the
+    UNet's compute dtype (fp8 weights compute in it), so ComfyUI's manual cast needs no dtype of its own."""
+    from . import comfy_model
+
+    return comfy_model.DynamiCrafterBase(comfy_model.DynamiCrafterConfig(unet_config(core.config.unet)), core)
 
 
 def ddim_sampler(eta: float, original_last_step: bool = True, step_noise: Optional[torch.Tensor] = None):
+    import comfy.samplers
+
     options = {"eta": eta, "original_last_step": original_last_step}
     if step_noise is not None:
         options["step_noise"] = step_noise
-    return classes()["KSAMPLER"](sample_ddim, extra_options=options)
+    return comfy.samplers.KSAMPLER(sample_ddim, extra_options=options)
+
+
+GUIDER_SKIPS = {"sampler_cfg_function": "its guidance (RescaleCFG, DynamiCrafter Guidance Rescale, ...)",
+                "sampler_pre_cfg_function": "the branches before guidance",
+                "sampler_calc_cond_batch_function": "how the branches are batched"}
 
 
 def guider(model_patcher, positive, negative, cfg: float, image_cfg: float, guidance_rescale: float):
-    if "sampler_cfg_function" in model_patcher.model_options:
-        log.warning("DynamiCrafter Guider does the original's guidance itself: the model's cfg patch (RescaleCFG, "
-                    "DynamiCrafter Guidance Rescale, ...) is not used; it works with KSampler and CFGGuider")
-    g = classes()["Guider"](model_patcher, cfg, image_cfg, guidance_rescale)
+    """DynamiCrafter Guider's GUIDER. It runs the branches and the guidance itself: the model's hooks on ComfyUI's
+    own guidance (GUIDER_SKIPS) are not used, each named once here; post-cfg functions are run."""
+    from . import comfy_model
+
+    for hook, what in GUIDER_SKIPS.items():
+        if model_patcher.model_options.get(hook):
+            log.warning("DynamiCrafter Guider does the original's guidance itself: the model's %s (%s) is not used; "
+                        "it works with KSampler and CFGGuider", hook, what)
+    g = comfy_model.Guider(model_patcher, cfg, image_cfg, guidance_rescale)
     g.set_conds(positive, negative)
     return g
 
@@ -573,6 +501,8 @@ def apply_sketch(conditionings: list, encoder, hint: torch.Tensor, strength: flo
     """Each conditioning with the sketch encoder as its (first) control object, after any ControlNet already on it,
     as core Apply ControlNet (Advanced) chains them. Entries with the same earlier control share one sketch control,
     so ComfyUI can run the guidance branches in one batch, as the bundled sampler does."""
+    from . import comfy_model
+
     shared = {}
     out = []
     for conditioning in conditionings:
@@ -580,7 +510,7 @@ def apply_sketch(conditionings: list, encoder, hint: torch.Tensor, strength: flo
         for context, extra in conditioning:
             previous = extra.get("control")
             if id(previous) not in shared:
-                control = classes()["SketchControl"](encoder, hint).set_cond_hint(hint, strength, percent_range)
+                control = comfy_model.SketchControl(encoder, hint).set_cond_hint(hint, strength, percent_range)
                 if previous is not None:
                     control.set_previous_controlnet(previous)
                 shared[id(previous)] = control

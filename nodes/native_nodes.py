@@ -43,7 +43,7 @@ class NativeModel:
 
     def convert(self, model):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
-        return (model.patcher.clone(),)
+        return (native.native_patcher(model.patcher),)
 
 
 class Conditioning:
@@ -97,13 +97,13 @@ class Conditioning:
         draws = posterior_shapes(mean.shape, guidance.end is not None)
         # the draws made here travel with the positive (the DDIM sampler's step noise follows them) and the latent
         # (DynamiCrafter Noise's initial noise follows them)
-        positive = [[cond.context, {**extra, native.DRAWS: draws,
+        positive = [[cond.context, {**extra, native.SEED_DRAWS: draws,
                                     "cross_attn_controlnet": cond.context[:, :native.TEXT_TOKENS]}]]
         negative = [[cond.uncond_context,
                      {**extra, "cross_attn_controlnet": cond.uncond_context[:, :native.TEXT_TOKENS]}]]
         h, w = mean.shape[-2:]
         latent = {"samples": torch.zeros(guidance.frames, 4, h, w),
-                  native.DRAWS: draws,
+                  native.SEED_DRAWS: draws,
                   native.LOOP: guidance.mode == "loop"}
         if guidance.references is not None:
             latent[native.REFERENCES] = guidance.references

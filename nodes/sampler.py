@@ -74,7 +74,7 @@ def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tu
     # the sketch encoder runs beside the UNet at every step; its activations are the encoder half of a UNet's
     patchers = model.patchers_for("unet") + ([sketch.encoder.patcher] if sketch is not None else [])
     host.load(patchers, memory.unet(videos, branches, frames, latent_hw, unet.cfg.model_channels,
-                                    unet.dtype.itemsize) * (1.5 if sketch is not None else 1))
+                                    unet.dtype.itemsize, controlled=sketch is not None))
 
 
 def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple, end: Optional[tuple], frames: int,

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -145,15 +146,27 @@ def test_ctrl_c_ends_with_one_line_status_130_and_no_output(photo, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "dynamicrafter_core", "animate", str(photo), "--checkpoint",
                                 str(CHECKPOINT), "--config", str(CONFIG_FILE), "--steps", "1000", "--spacing",
                                 "uniform_trailing", "-o", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    seen = ""
+    # a thread reads stderr, so the deadlines hold even while the child writes nothing
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 300
-    while "sampling" not in seen and time.monotonic() < deadline:  # the progress bar: the model is loaded
-        seen += process.stderr.read(1)
+    while "sampling" not in "".join(chunks):  # the progress bar: the model is loaded
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the command ended or hung before sampling: {''.join(chunks)}")
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=120)[1]
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the command did not end within 120 s of Ctrl+C")
+    reader.join(timeout=30)
+    stderr = "".join(chunks)
     assert process.returncode == 130
-    assert (seen + rest).strip().splitlines()[-1] == "interrupted: nothing was written"
-    assert "Traceback" not in rest
+    assert stderr.strip().splitlines()[-1] == "interrupted: nothing was written"
+    assert "Traceback" not in stderr
     assert not out.exists() and not any(p.name.startswith(".x.mp4") for p in tmp_path.iterdir())
 
 

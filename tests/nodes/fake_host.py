@@ -114,7 +114,7 @@ class FakeHost:
     def model_patcher(self, module, load_device, offload_device, streaming):
         return FakePatcher(module, load_device, offload_device, streaming)
 
-    def diffusion_model(self, core, compute_dtype):
+    def diffusion_model(self, core):
         return core.unet  # the native MODEL is ComfyUI's BaseModel: the real-host tier tests it
 
     def load(self, patchers, memory_required, full=False):

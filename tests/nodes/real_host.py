@@ -101,3 +101,28 @@ def context_windows_fail_for_frames_in_batch() -> bool:
     except RuntimeError:
         return True
     return False
+
+
+def context_windows(unet, length=16, overlap=4, causal_anchor=False):
+    """Core Context Windows (Manual) on the frames (dim 0), with ComfyUI 0.33's causal anchor off as the README
+    advises (it would show every window one frame more than it was trained on) unless `causal_anchor`."""
+    import inspect
+
+    try:
+        import comfy.context_windows as windows
+        from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+    except ImportError:
+        pytest.skip("this ComfyUI has no context windows")
+    if context_windows_fail_for_frames_in_batch():
+        pytest.skip("this ComfyUI's context windows fail for any model with frames in the batch (its set_step "
+                    "compares every frame's timestep with the sigmas; fixed in later releases)")
+    options = dict(context_length=length, context_overlap=overlap, context_stride=1, closed_loop=False, dim=0,
+                   context_schedule=windows.ContextSchedules.STATIC_STANDARD,
+                   fuse_method=windows.ContextFuseMethods.PYRAMID)
+    accepted = inspect.signature(ContextWindowsManualNode.execute).parameters
+    options.update({k: False for k in ("freenoise", "causal_window_fix") if k in accepted})
+    if causal_anchor:
+        if "causal_window_fix" not in accepted:
+            pytest.skip("this ComfyUI's context windows have no causal anchor")
+        options["causal_window_fix"] = True
+    return ContextWindowsManualNode.execute(unet, **options).result[0]

@@ -422,27 +422,22 @@ def video_side(workflow: dict) -> int:
 
 
 def missing_node(workflow: dict, server: dict):
-    """Why this server cannot run the workflow (a node type it lacks, or context windows that fail for DynamiCrafter),
-    or None."""
+    """Why this server cannot run the workflow (a node type it lacks), or None."""
     lacking = sorted({n["type"] for n in workflow["nodes"]} - server["node_types"] - FRONTEND_ONLY)
     if lacking:
         return f"ComfyUI {server['version']} has no {', '.join(lacking)} node"
-    if server["context_windows_broken"] and any(n["type"] == "ContextWindowsManual" for n in workflow["nodes"]):
-        return (f"ComfyUI {server['version']}'s context windows fail for any model with its frames in the batch, "
-                "as DynamiCrafter's MODEL (set_step compares every frame's timestep with the sigmas; fixed in later "
-                "releases)")
     return None
 
 
-def run_through_the_frontend(server: dict, workflow: dict, copy: Path) -> None:
-    """The UI-format workflow, written to `copy`, converted by the real frontend and run to success."""
+def run_through_the_frontend(server: dict, workflow: dict, copy: Path):
+    """The UI-format workflow, written to `copy`, converted by the real frontend and run; the tool's result."""
     copy.write_text(json.dumps(workflow))
     result = tool("run", str(copy), "--url", server["url"], "--timeout", "300")
     if "prompt_no_outputs" in result.stdout:
         # the tool's headless page sometimes converts before the frontend has registered the node types (seen on a
         # loaded 2-core machine): the prompt arrives empty. That is the harness, not the workflow: convert again.
         result = tool("run", str(copy), "--url", server["url"], "--timeout", "300")
-    assert result.returncode == 0 and "status: success" in result.stdout, result.stdout + result.stderr
+    return result
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.json")), ids=lambda p: p.stem)
@@ -458,7 +453,14 @@ def test_each_workflow_runs_in_comfyui(server, path, tmp_path):
         for node in workflow["nodes"]:
             if node["type"] == "DynamiCrafterAnimate_Loader":
                 node["widgets_values"][2] = "512_interp"  # the tiny file's name does not say interp
-    run_through_the_frontend(server, workflow, tmp_path / path.name)
+    result = run_through_the_frontend(server, workflow, tmp_path / path.name)
+    if server["context_windows_broken"] and any(n["type"] == "ContextWindowsManual" for n in workflow["nodes"]):
+        # this ComfyUI's context windows fail for a model with its frames in the batch: the run stops with the
+        # sentence naming the version and the fix, not ComfyUI's tensor-size error (and the server keeps serving)
+        assert f"Context Windows cannot run DynamiCrafter's MODEL on ComfyUI {server['version']}" in result.stdout \
+            and "Update ComfyUI" in result.stdout and "size of tensor" not in result.stdout, result.stdout
+        return
+    assert result.returncode == 0 and "status: success" in result.stdout, result.stdout + result.stderr
     from PIL import Image
 
     save = next(n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP")
@@ -486,7 +488,8 @@ def test_the_native_workflow_gives_the_i2v_workflows_video_for_the_same_seed(ser
         workflow = shrink(json.loads((ROOT / "workflows" / f"{stem}.json").read_text()))
         save = next(n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP")
         save["widgets_values"][0], save["widgets_values"][2] = f"parity/{stem}", True  # prefix, lossless
-        run_through_the_frontend(server, workflow, tmp_path / f"{stem}.json")
+        result = run_through_the_frontend(server, workflow, tmp_path / f"{stem}.json")
+        assert result.returncode == 0 and "status: success" in result.stdout, result.stdout + result.stderr
         (webp,) = (server["base"] / "output" / "parity").glob(f"{stem}_*.webp")
         with Image.open(webp) as video:
             videos.append(np.stack([np.asarray(frame.convert("RGB"), dtype=np.int16)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from .helpers import comfy_image
-from .real_host import FAST, comfy, i2v, load, pytestmark, real  # noqa: F401
+from .real_host import FAST, comfy, context_windows, i2v, load, pytestmark, real  # noqa: F401
 from .tiny_models import LORA_TARGETS, write_controlnet, write_lora, write_wide_checkpoint
 
 SEED = 7
@@ -60,10 +60,10 @@ def logged_warnings():
         root.removeHandler(handler)
 
 
-def condition(real, model):
+def condition(real, model, frames=FRAMES):
     """DynamiCrafter Model + Visual Detail Guidance + Encode Image Context + DynamiCrafter Conditioning."""
     guidance, frame = real["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
-        model=model, image=comfy_image((96, 128)), mode="i2v", width=64, height=64, fit="crop", frames=FRAMES)
+        model=model, image=comfy_image((96, 128)), mode="i2v", width=64, height=64, fit="crop", frames=frames)
     (context,) = real["DynamiCrafterAnimate_EncodeImageContext"].encode(model=model, image=frame, prompt="a cat",
                                                                         negative_prompt="")
     (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
@@ -212,6 +212,60 @@ def test_hint_k_steers_frame_k_and_one_hint_steers_all_frames(real, video, contr
     assert (per_frame - one).abs().max() > 0.1 * one.std()
     # one hint is every frame's (the ControlNet sees it once rather than per frame: float rounding only)
     assert (copies - one).abs().max() < 1e-4 * one.std()
+
+
+@contextlib.contextmanager
+def windows_seen(unet):
+    """The frames each UNet call's context window holds and the first skip's ControlNet residual it was given."""
+    seen = []
+    base = type(unet.model)._diffusion
+
+    def record(self, xc, timesteps, context, y=None, control=None, transformer_options={}, **kwargs):
+        window = transformer_options["context_window"]
+        anchor = getattr(window, "causal_anchor_index", None)
+        frames = ([anchor] if anchor is not None and anchor >= 0 else []) + list(window.index_list)
+        seen.append((frames, control["output"][0].clone()))
+        return base(self, xc, timesteps, context, y, control, transformer_options, **kwargs)
+
+    unet.model._diffusion = record.__get__(unet.model)
+    try:
+        yield seen
+    finally:
+        unet.model.__dict__.pop("_diffusion", None)
+
+
+@pytest.mark.parametrize("causal_anchor", [False, True], ids=["windows", "causal_anchor"])
+def test_under_context_windows_hint_k_steers_frame_k_in_every_window(real, video, controlnet, causal_anchor):
+    """24 frames in 16-frame windows: a hint changed on frames 13 and 20 (both in the second window, 13 in the first
+    too) changes, on the first step (the same noisy latents in both runs), the ControlNet's residual of exactly those
+    frames in every window that holds them, and nothing else."""
+    frames, changed = 24, (13, 20)
+    long = condition(real, video.model, frames)
+    windowed = context_windows(long.unet, causal_anchor=causal_anchor)
+    own = hints(frames)
+    other = own.clone()
+    other[list(changed)] = hints(len(changed) + frames)[frames:]
+    runs = []
+    for images in (own, other):
+        with windows_seen(windowed) as seen:
+            sample(real, long, *apply(long, controlnet, images), unet=windowed)
+        runs.append(seen[:len(seen) // FAST["steps"]])  # the first step's calls, one per window
+    assert len(runs[0]) >= 2 and any(window[0] > 0 and 20 in window for window, _ in runs[0])
+    for (window, residual), (_, changed_residual) in zip(*runs):
+        rows = residual.shape[0] // len(window)  # both branches in one call
+        assert rows == 2
+        for position, frame in enumerate(window):
+            for branch in range(rows):
+                row = branch * len(window) + position
+                assert torch.equal(residual[row], changed_residual[row]) == (frame not in changed), (window, frame)
+
+
+def test_under_context_windows_a_hint_per_some_frames_gets_a_sentence(real, video, controlnet, pack):
+    long = condition(real, video.model, 24)
+    windowed = context_windows(long.unet)
+    with pytest.raises(pack.dynamicrafter_core.errors.InputError, match=r"12 frames for a video of 24.*one hint image "
+                                                                         r"per frame \(24\)"):
+        sample(real, long, *apply(long, controlnet, hints(12)), unet=windowed)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -306,3 +306,16 @@ def test_interpolation_with_an_i2v_checkpoint_names_the_one_to_load(nodes, host,
     (context,) = call(nodes, CONTEXT, model=model, image=frame, prompt="", negative_prompt="")
     with pytest.raises(ValueError, match=r"guidance mode loop needs a checkpoint trained for interpolation"):
         call(nodes, SAMPLER, model=model, context=context, guidance=guidance, seed=0, **FAST)
+
+
+def test_the_unet_memory_estimate_covers_the_peaks_measured_on_a_gpu(pack):
+    """shared/docs/PERF_H200.md section 2: a guided step (2 branches x 16 frames) in bf16 needs 1.0 GiB above the
+    weights at 512 (40 x 64 latent) and 3.5 GiB at 1024 (72 x 128). The estimate covers both without asking for much
+    more (ComfyUI would evict other models for nothing); a third branch and a ControlNet add their share."""
+    memory, gib = pack.nodes.memory, 2 ** 30
+    for latent, measured in (((40, 64), 1.0), ((72, 128), 3.5)):
+        estimate = memory.unet(1, 2, 16, latent, 320, 2) / gib
+        assert measured <= estimate <= 1.25 * measured, (latent, estimate)
+    guided = memory.unet(1, 2, 16, (40, 64), 320, 2)
+    assert memory.unet(1, 3, 16, (40, 64), 320, 2) == pytest.approx(1.5 * guided, rel=1e-6)
+    assert memory.unet(1, 2, 16, (40, 64), 320, 2, controlled=True) > guided
