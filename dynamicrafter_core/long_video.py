@@ -145,16 +145,30 @@ def continue_video(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", 
         reference = ((start[0] + 1) / 2).permute(1, 2, 0)
     ends = [fit_image(as_rgb(k)[:1], height, width, fit) for k in keyframes] if keyframes is not None else None
 
+    def make(segment: Segment, start: torch.Tensor) -> torch.Tensor:
+        def step(info: dict) -> None:
+            if callback is not None:
+                callback({**info, "segment": segment.index, "segments": len(plan)})
+
+        return animate(model, start, prompt_at(schedule, segment.first_new), frames=segment.frames,
+                       seed=seed + segment.index, height=height, width=width, fit=fit, callback=step,
+                       mode="i2v" if ends is None else "interpolation",
+                       end_image=ends[segment.index] if ends is not None else None, **sampling)
+
+    return grow_video(plan, start, make, frames, reference, colour, colour_strength, on_segment)
+
+
+def grow_video(plan: Sequence[Segment], start: torch.Tensor, make: Callable[[Segment, torch.Tensor], torch.Tensor],
+               frames: int, reference: torch.Tensor, colour: Optional[str] = "mean_std", colour_strength: float = 1.0,
+               on_segment: Optional[SegmentCallback] = None) -> torch.Tensor:
+    """The segments of `plan` joined into one video (frames, H, W, 3) in 0..1: make(segment, start image) gives a
+    segment's frames from its start image (1, 3, H, W) in [-1, 1] (the Python API's animate, or the nodes' sampler);
+    this colour-matches them, keeps the boundary once, cross-fades overlaps and picks the next start."""
     video: list = []  # decoded frames on the CPU; nothing of a finished segment stays on the device
     for segment in plan:
-        def step(info: dict, k=segment.index) -> None:
-            if callback is not None:
-                callback({**info, "segment": k, "segments": len(plan)})
-
-        mode = "i2v" if ends is None else "interpolation"
-        made = animate(model, start, prompt_at(schedule, segment.first_new), frames=segment.frames,
-                       seed=seed + segment.index, height=height, width=width, fit=fit, callback=step, mode=mode,
-                       end_image=ends[segment.index] if ends is not None else None, **sampling)
+        made = make(segment, start)
+        if made.shape[0] != segment.frames:
+            raise InputError(f"segment {segment.index} came back with {made.shape[0]} frames, not {segment.frames}")
         if colour is not None:
             made = colour_match(made, reference, colour, colour_strength)
         if segment.index == 0:
