@@ -357,7 +357,7 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
                      "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance", "DynamiCrafter Model",
                      "DynamiCrafter Conditioning", "DynamiCrafter Scheduler", "DynamiCrafter DDIM Sampler",
                      "DynamiCrafter Guider", "DynamiCrafter Noise", "DynamiCrafter Guidance Rescale",
-                     "DynamiCrafter Decode", "Apply Sketch Guidance"}
+                     "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match"}
     templates = json.loads(urllib.request.urlopen(f"{server['url']}/workflow_templates").read())
     shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert sorted(templates[ROOT.name]) == shipped
@@ -392,6 +392,9 @@ def shrink(workflow: dict) -> dict:
                 values[1], values[2] = side, side  # width, height (0: the tiny checkpoint's 64)
         elif kind == "DynamiCrafterAnimate_I2VSampler":
             values[0], values[1], values[2] = 1, "fixed", 2  # seed, control, steps
+        elif kind == "DynamiCrafterAnimate_ContinueVideo":
+            values[2], values[3] = 10, 4  # frames, segment_frames: 3 segments of 4 frames (4 + 3 + 3)
+            values[10], values[11], values[12] = 1, "fixed", 2  # seed, control, steps
         elif kind == "DynamiCrafterAnimate_FrameInterpolate":
             values[6], values[7], values[8], values[9] = 4, 1, "fixed", 2  # frames, seed, control, steps
         elif kind in ("DynamiCrafterAnimate_Conditioning", "DynamiCrafterAnimate_Noise", "PrimitiveInt"):
@@ -464,7 +467,9 @@ def test_each_workflow_runs_in_comfyui(server, path, tmp_path):
     save = next(n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP")
     (webp,) = (server["base"] / "output").glob(f"{save['widgets_values'][0]}_*.webp")
     with Image.open(webp) as video:
-        frames = {"dynamicrafter_loop": 3, "dynamicrafter_keyframes": 7}.get(path.stem, 4)  # 4 - 1; 4 + (4 - 1)
+        # 4 - 1; 4 + (4 - 1); three segments of 4 frames, each boundary once
+        frames = {"dynamicrafter_loop": 3, "dynamicrafter_keyframes": 7,
+                  "dynamicrafter_long_video": 10}.get(path.stem, 4)
         if any(n["type"] == "ContextWindowsManual" for n in workflow["nodes"]):
             frames = 24
         size = 128 if "upscale_2x" in path.stem else video_side(workflow)  # upscale: 4x model, then scaled by 0.5
