@@ -237,6 +237,7 @@ def classes():
             n = xc.shape[0] // frames
             x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
             first = slice(None, None, frames)  # one row per video
+            check_one_prompt_per_pass(context, xc.shape[0], frames, transformer_options)
             out = self.diffusion_model(x5, timesteps[first], context[first], None if fs is None else fs[first],
                                        control=control_residuals(control), patches=block_patches(transformer_options))
             return out.transpose(1, 2).reshape(xc.shape[0], -1, *xc.shape[2:])
@@ -337,6 +338,18 @@ def classes():
 # conversions between ComfyUI's conventions and the core's
 
 
+def check_one_prompt_per_pass(context: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> None:
+    """A prompt schedule gives each frame its own context row; the UNet reads one context per video pass (the
+    window's first frame's). Without context windows the whole video is one pass and the schedule cannot apply."""
+    if transformer_options.get("context_window") is not None or context.shape[0] != rows:
+        return
+    per_video = context.reshape(rows // frames, frames, *context.shape[1:])
+    if not torch.equal(per_video, per_video[:, :1].expand_as(per_video)):
+        raise InputError("the conditioning holds a prompt schedule (a prompt per frame) but the video is sampled in "
+                         "one pass, which reads one prompt: put Context Windows (Manual) between DynamiCrafter "
+                         "Model and the sampler (one prompt per window), or give Encode Image Context one prompt")
+
+
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
     """The concat latents for a batch of `rows` = n videos x `frames` frames. A core whose context windows slice
     only the noise leaves each video's full-length latents: take the window's frames, so an end latent stays on the
@@ -393,7 +406,8 @@ def image_negative(positive: list, negative: list) -> list:
         raise InputError("image_cfg needs one positive and one negative conditioning from DynamiCrafter "
                          "Conditioning (combined conditionings have no single image to take)")
     (pos, pos_extra), (neg, neg_extra) = positive[0], negative[0]
-    context = torch.cat([neg[:, :TEXT_TOKENS], pos[:, TEXT_TOKENS:]], dim=1)
+    # a prompt schedule's positive has a row per frame (the same image tokens in each)
+    context = torch.cat([neg[:, :TEXT_TOKENS].expand(pos.shape[0], -1, -1), pos[:, TEXT_TOKENS:]], dim=1)
     extra = dict(pos_extra)
     if "cross_attn_controlnet" in neg_extra:
         extra["cross_attn_controlnet"] = neg_extra["cross_attn_controlnet"]

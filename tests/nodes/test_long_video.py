@@ -81,3 +81,15 @@ def test_colour_match_node(nodes):
     assert (out[1:] - out[:1]).abs().mean() < (video[1:] - video[:1]).abs().mean() / 4
     (same,) = call(nodes, COLOUR, images=video, method="histogram", strength=0.0, per="video", reference=video[3:])
     assert torch.equal(same, video)
+
+
+def test_frame_interpolate_takes_a_prompt_per_segment(nodes, host, loaded, pack, monkeypatch):
+    prompts = []
+    real = pack.nodes.sampler.image_context
+    monkeypatch.setattr(pack.nodes.sampler, "image_context",
+                        lambda model, images, prompt, *a: prompts.append(prompt) or real(model, images, prompt, *a))
+    keys = torch.cat([comfy_image((64, 64), seed=s) for s in range(3)])
+    call(nodes, "DynamiCrafterAnimate_FrameInterpolate", model=loaded["interp"], keyframes=keys,
+         prompt="0: a cat | 4: a dog", negative_prompt="", loop=False, width=64, height=64, fit="crop",
+         frames=SEGMENT, seed=1, **FAST)
+    assert prompts == ["a cat", "a dog"]  # segment 1's first new frame is output frame 4
