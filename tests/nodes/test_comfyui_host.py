@@ -203,6 +203,32 @@ def test_cancel_raises_comfyuis_interrupt_and_leaves_the_model_usable(real, comf
     assert torch.equal(i2v(real, model, seed=3)[0], reference)
 
 
+def test_cancel_in_the_third_segment_of_continue_video_leaves_comfyui_usable(real, comfy):
+    mm, utils = comfy["mm"], comfy["utils"]
+    model, _ = load(real)
+    settings = dict(model=model, image=comfy_image((64, 64)), prompt="0: a cat | 4: a dog", negative_prompt="",
+                    frames=10, segment_frames=4, overlap=0, colour_match="mean_std", colour_strength=1.0, width=64,
+                    height=64, fit="crop", seed=5, **FAST)
+    (reference,) = real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings)
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 7:  # the first step of the third segment (3 steps each)
+            mm.interrupt_current_processing(True)  # the Cancel button
+
+    utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings, unique_id="4")
+    finally:
+        utils.set_progress_bar_global_hook(None)
+    assert seen == list(range(1, 8))  # one bar over the three segments, stopped within the next step
+    (again,) = real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings)
+    assert torch.equal(again, reference)
+    assert torch.equal(i2v(real, model, seed=3)[0], i2v(real, model, seed=3)[0])  # and the model still serves
+
+
 # -- the server and the real frontend ------------------------------------------------------------------------
 
 
