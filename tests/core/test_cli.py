@@ -54,6 +54,14 @@ def test_frames_past_one_segment_continue_the_video_with_a_prompt_schedule(tmp_p
     assert "segment 2/2" in err
 
 
+def test_keyframes_chain_interpolations_from_the_command_line(tmp_path, photo, capsys):
+    out = tmp_path / "chain"
+    status, err = in_process(capsys, "animate", photo, "--keyframe", photo, "--keyframe", photo, "--prompt", "a cat",
+                             *tiny("--variant", "512_interp", "--steps", "1", "--segment-frames", "4", "-o", out))
+    assert status == 0, err
+    assert len(list(out.iterdir())) == 7  # 4 frames, then 3 new ones: the boundary frame once
+
+
 @pytest.mark.slow  # two more runs in new processes (~30 s each on two cores); the mp4 test above stays default
 def test_png_frames_and_gif_outputs(tmp_path, photo):
     folder = tmp_path / "frames"
