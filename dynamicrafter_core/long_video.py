@@ -26,13 +26,10 @@ import torch
 from .colour import METHODS, colour_match
 from .errors import InputError
 from .model import DynamiCrafter
-from .pipeline import animate, as_rgb, fit_image
+from .pipeline import TOONCRAFTER_I2V, animate, as_rgb, fit_image
 from .schedule import parse_prompt_schedule, prompt_at
 from .settings import SEED_RANGE, check_number, check_seed
 
-TOONCRAFTER_I2V = ("ToonCrafter interpolates between two keyframes: give an end image (mode 'interpolation') or use "
-                   "mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
-                   "(dynamicrafter_512_v1.ckpt)")
 MAX_FRAMES = 10_000  # about 20 minutes at 8 fps: a typo guard, not a limit of the method
 SegmentCallback = Callable[[int, torch.Tensor], None]
 

@@ -12,9 +12,8 @@ import torch
 
 from ..dynamicrafter_core.colour import METHODS, PER, colour_match
 from ..dynamicrafter_core.errors import InputError
-from ..dynamicrafter_core.long_video import (MAX_FRAMES, TOONCRAFTER_I2V, Segment, grow_video, keyframe_segments,
-                                             plan_segments)
-from ..dynamicrafter_core.pipeline import fit_image, frames_to_images
+from ..dynamicrafter_core.long_video import MAX_FRAMES, Segment, grow_video, keyframe_segments, plan_segments
+from ..dynamicrafter_core.pipeline import TOONCRAFTER_I2V, fit_image, frames_to_images
 from ..dynamicrafter_core.schedule import parse_prompt_schedule, prompt_at
 from ..dynamicrafter_core.settings import SEED_RANGE
 from . import host
