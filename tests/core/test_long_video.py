@@ -13,6 +13,7 @@ from dynamicrafter_core.colour import colour_match
 from dynamicrafter_core.long_video import continue_video, crossfade, frame_to_image, plan_segments
 
 FAST = dict(steps=1)
+SHORT = dict(steps=1, segment_frames=4)  # the tiny Query Transformer's video length: cheap segments
 # the tiny networks are latency-bound: one thread is several times faster than two on a busy machine
 torch.set_num_threads(1)
 
@@ -52,24 +53,24 @@ def test_any_length_and_each_boundary_frame_once(tiny_model, square, calls, fram
 
 def test_each_segment_starts_from_the_previous_segments_colour_matched_last_frame(tiny_model, square, calls):
     made = []
-    video = continue_video(tiny_model, square, "waves", frames=46, seed=5,
-                           on_segment=lambda k, frames: made.append(frames), **FAST)
+    video = continue_video(tiny_model, square, "waves", frames=10, seed=5,
+                           on_segment=lambda k, frames: made.append(frames), **SHORT)
     assert [c["seed"] for c in calls] == [5, 6, 7]  # seed + k
     reference = ((square[0] + 1) / 2).permute(1, 2, 0)
     for k in range(1, 3):
         assert torch.equal(calls[k]["image"], frame_to_image(made[k - 1][-1]))
-        assert torch.equal(video[15 * k], made[k - 1][-1])  # the boundary, as the video shows it
+        assert torch.equal(video[3 * k], made[k - 1][-1])  # the boundary, as the video shows it
     # and those frames are the colour-matched ones: segment 0 through colour_match of what animate made
-    raw = dc.animate(tiny_model, square, "waves", frames=16, seed=5, **FAST)
+    raw = dc.animate(tiny_model, square, "waves", frames=4, seed=5, **FAST)
     torch.testing.assert_close(made[0], colour_match(raw, reference), rtol=0, atol=0)
-    plain = continue_video(tiny_model, square, "waves", frames=46, seed=5, colour=None, **FAST)
-    torch.testing.assert_close(plain[:16], raw, rtol=0, atol=0)
+    plain = continue_video(tiny_model, square, "waves", frames=10, seed=5, colour=None, **SHORT)
+    torch.testing.assert_close(plain[:4], raw, rtol=0, atol=0)
 
 
 def test_the_same_seed_gives_the_same_video(tiny_model, square):
-    a = continue_video(tiny_model, square, "waves", frames=31, seed=3, **FAST)
-    b = continue_video(tiny_model, square, "waves", frames=31, seed=3, **FAST)
-    c = continue_video(tiny_model, square, "waves", frames=31, seed=4, **FAST)
+    a = continue_video(tiny_model, square, "waves", frames=10, seed=3, **SHORT)
+    b = continue_video(tiny_model, square, "waves", frames=10, seed=3, **SHORT)
+    c = continue_video(tiny_model, square, "waves", frames=10, seed=4, **SHORT)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-3
 
@@ -79,9 +80,9 @@ def test_each_segment_is_conditioned_on_its_scheduled_prompt(tiny_model, square,
     real = tiny_model.encode_text
     monkeypatch.setattr(tiny_model, "encode_text", lambda prompts, **kw: texts.append(list(prompts))
                         or real(prompts, **kw))
-    continue_video(tiny_model, square, "0: a boat | 16: the boat sails | 40: night", frames=61,
-                   negative_prompt="blur", **FAST)
-    # segments start at output frames 0, 15, 30, 45; each reads the prompt on its first new frame (0, 16, 31, 46)
+    continue_video(tiny_model, square, "0: a boat | 4: the boat sails | 10: night", frames=13,
+                   negative_prompt="blur", **SHORT)
+    # segments start at output frames 0, 3, 6, 9; each reads the prompt on its first new frame (0, 4, 7, 10)
     assert texts == [["a boat", "blur"], ["the boat sails", "blur"], ["the boat sails", "blur"], ["night", "blur"]]
 
 
@@ -94,9 +95,9 @@ def test_a_cancel_in_segment_3_leaves_nothing_behind(tiny_model, square):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        continue_video(tiny_model, square, "waves", frames=46, seed=9, callback=cancel, **FAST)
-    again = continue_video(tiny_model, square, "waves", frames=46, seed=9, **FAST)
-    fresh = continue_video(tiny_model, square, "waves", frames=46, seed=9, **FAST)
+        continue_video(tiny_model, square, "waves", frames=10, seed=9, callback=cancel, **SHORT)
+    again = continue_video(tiny_model, square, "waves", frames=10, seed=9, **SHORT)
+    fresh = continue_video(tiny_model, square, "waves", frames=10, seed=9, **SHORT)
     torch.testing.assert_close(again, fresh, rtol=0, atol=0)
 
 
