@@ -1,6 +1,7 @@
 """Command line: animate an image, interpolate between two, or make a loop.
 
   python -m dynamicrafter_core animate IMAGE --prompt "..." [--checkpoint PATH] -o out.mp4
+  python -m dynamicrafter_core animate IMAGE --frames 64 --prompt "0: a boat on a lake | 16: it sails away" -o long.mp4
   python -m dynamicrafter_core interpolate START END --prompt "..." [--checkpoint PATH] -o out.mp4
   python -m dynamicrafter_core loop IMAGE --prompt "..." [--checkpoint PATH] -o out.gif
   python -m dynamicrafter_core interpolate START END --checkpoint tooncrafter_512_interp_v1.ckpt [--sketch DIR]
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .colour import METHODS as COLOUR_METHODS
 from .config import VARIANTS
 from .errors import DynamiCrafterError, InputError, ModelFileNotFoundError
 from .sampler import SPACINGS
@@ -33,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     def common(p, default_variant):
         # None, not "": a forgotten --prompt is said (run()), an explicit --prompt "" is not
         p.add_argument("--prompt", help="what should happen in the video (default: empty, which is allowed but "
-                                        "rarely wanted: the model is text-conditioned)")
+                                        "rarely wanted: the model is text-conditioned); for a long video, a "
+                                        "schedule: \"0: a boat on a lake | 16: the boat sails away\" (output frames)")
         p.add_argument("--negative-prompt", default="", help="what to steer away from (default: nothing)")
         p.add_argument("--checkpoint", type=Path, help="model file; default: look in the usual places")
         p.add_argument("--variant", choices=VARIANTS,
@@ -53,7 +56,18 @@ def _parser() -> argparse.ArgumentParser:
                                               "for 256 (higher = more motion); default per model")
         p.add_argument("--guidance-rescale", type=float, help="default per model (0.7, or 0 for 256)")
         p.add_argument("--spacing", choices=SPACINGS, help="timestep spacing (default per model)")
-        p.add_argument("--frames", type=int, default=16, help="frames to generate (the models are trained on 16)")
+        p.add_argument("--frames", type=int, default=16,
+                       help="frames to generate (the models are trained on 16); image to video longer than "
+                            "--segment-frames grows segment by segment (Continue Video), each from the last frame "
+                            "of the one before")
+        p.add_argument("--segment-frames", type=int, default=16,
+                       help="a long video's segment length, its boundary frame included (default 16, as trained)")
+        p.add_argument("--overlap", type=int, default=0,
+                       help="a long video's frames generated twice at each seam and cross-faded (default 0)")
+        p.add_argument("--colour-match", choices=(*COLOUR_METHODS, "off"), default="mean_std",
+                       help="a long video's colour correction of every segment to the input image, in CIE Lab, "
+                            "before the next starts from it (default mean_std)")
+        p.add_argument("--colour-strength", type=float, default=1.0, help="0 to 1 (default 1)")
         p.add_argument("--width", type=int, help="multiple of 64 (default: the model's)")
         p.add_argument("--height", type=int, help="multiple of 64 (default: the model's)")
         p.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
@@ -78,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["animate"].add_argument("image", type=Path)
     sub.choices["animate"].add_argument("--end", type=Path, help="end image: interpolate to it (interp model)")
     sub.choices["animate"].add_argument("--loop", action="store_true", help="loop back to the image (interp model)")
+    sub.choices["animate"].add_argument("--keyframe", type=Path, action="append",
+                                        help="a long video through keyframes (interp model): one segment from the "
+                                             "last frame so far to each --keyframe, in the order given")
     common(sub.add_parser("interpolate", help="a video from START to END (interp model)"), "512_interp")
     sub.choices["interpolate"].add_argument("image", type=Path)
     sub.choices["interpolate"].add_argument("end", type=Path)
@@ -112,15 +129,38 @@ def _device_and_dtype(device: str, dtype: str):
     return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
+def _long(args) -> bool:
+    """Image to video past one segment, or through --keyframe images: Continue Video."""
+    if args.command != "animate":
+        return False
+    if args.keyframe:
+        if args.end is not None or args.loop:
+            raise InputError("--keyframe chains segments through keyframes; it cannot be combined with --end or "
+                             "--loop: give the end image as the last --keyframe")
+        return True
+    return not args.loop and args.end is None and args.frames > args.segment_frames
+
+
 def _check_settings(args) -> None:
     """Every setting, before the (slow) model load, so a typo costs nothing."""
+    from .long_video import plan_segments
     from .pipeline import check_side
+    from .schedule import parse_prompt_schedule
     from .settings import (check_cfg, check_eta, check_frames, check_fs, check_guidance_rescale, check_image_cfg,
                            check_number, check_seed, check_steps)
     from .video_io import output_format
 
     check_seed(args.seed)
-    check_frames(args.frames)
+    if _long(args):
+        if args.colour_match != "off":
+            check_number("--colour-strength", args.colour_strength, 0.0, 1.0, "0 leaves the segments' colours as made")
+        if not getattr(args, "keyframe", None):
+            plan_segments(args.frames, args.segment_frames, args.overlap)
+    else:
+        check_frames(args.frames)
+        if len(parse_prompt_schedule(args.prompt, "--prompt")) > 1:
+            raise InputError(f"--prompt is a schedule, but {args.frames} frames are one segment of "
+                             f"--segment-frames {args.segment_frames}: ask for more --frames, or give one prompt")
     for check, value in ((check_steps, args.steps), (check_eta, args.eta), (check_fs, args.fs),
                          (check_cfg, args.cfg), (check_image_cfg, args.image_cfg),
                          (check_guidance_rescale, args.guidance_rescale)):
@@ -210,7 +250,7 @@ def run(args) -> Path:
     mode = {"interpolate": "interpolation", "loop": "loop"}.get(args.command, "i2v")
     end = getattr(args, "end", None)
     if args.command == "animate":
-        mode = "loop" if args.loop else ("interpolation" if end is not None else "i2v")
+        mode = "loop" if args.loop else ("interpolation" if end is not None or args.keyframe else "i2v")
     if args.prompt is None:
         print("note: no --prompt given, so the prompt is empty; that is allowed, but DynamiCrafter is text-conditioned: "
               "describe the motion you want, e.g. --prompt \"waves rolling in\"", file=sys.stderr)
@@ -244,6 +284,13 @@ def run(args) -> Path:
         if args.compile:
             compile_layers(control)
     steps = args.steps or model.defaults.steps
+    if _long(args):
+        if sketching:
+            raise InputError("--sketch steers one interpolation; a long video through --keyframe takes no drawings")
+        frames = _continue(args, model, image, steps)
+        out = write_video(frames, args.output, fps=args.fps)
+        print(f"wrote {frames.shape[0]} frames to {out}", file=sys.stderr)
+        return out
     with tqdm(total=steps, desc="sampling", unit="step") as bar:
         frames = animate(model, image, args.prompt, end_image=end_image, mode=mode,
                          negative_prompt=args.negative_prompt, frames=args.frames, steps=args.steps, cfg=args.cfg,
@@ -253,6 +300,30 @@ def run(args) -> Path:
     out = write_video(frames, args.output, fps=args.fps)
     print(f"wrote {frames.shape[0]} frames to {out}", file=sys.stderr)
     return out
+
+
+def _continue(args, model, image, steps: int):
+    """Continue Video with a progress bar over every segment's steps."""
+    from tqdm import tqdm
+
+    from .long_video import continue_video, keyframe_segments, plan_segments
+    from .pipeline import load_image
+
+    keyframes = [load_image(path) for path in args.keyframe] if args.keyframe else None
+    plan = (keyframe_segments(len(keyframes), args.segment_frames) if keyframes
+            else plan_segments(args.frames, args.segment_frames, args.overlap))
+    with tqdm(total=steps * len(plan), desc=f"segment 1/{len(plan)}", unit="step") as bar:
+        def step(info: dict) -> None:
+            bar.set_description(f"segment {info['segment'] + 1}/{info['segments']}")
+            bar.update(1)
+
+        return continue_video(
+            model, image, args.prompt, frames=None if keyframes else args.frames, keyframes=keyframes,
+            segment_frames=args.segment_frames, overlap=args.overlap,
+            colour=None if args.colour_match == "off" else args.colour_match, colour_strength=args.colour_strength,
+            negative_prompt=args.negative_prompt, steps=args.steps, cfg=args.cfg, eta=args.eta, fs=args.fs,
+            guidance_rescale=args.guidance_rescale, spacing=args.spacing, seed=args.seed, image_cfg=args.image_cfg,
+            height=args.height, width=args.width, fit=args.fit, callback=step)
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,9 @@ from .settings import (check_cfg_settings, check_eta, check_frames, check_fs, ch
 DEFAULT_CONTROL_SCALE = 0.6  # the sketch fork's default (its gradio app); it offers 0 to 1
 
 MODES = ("i2v", "interpolation", "loop")
+TOONCRAFTER_I2V = ("ToonCrafter interpolates between two keyframes: give an end image (mode 'interpolation') or use "
+                   "mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
+                   "(dynamicrafter_512_v1.ckpt)")
 FITS = ("crop", "pad", "stretch")
 
 
@@ -348,9 +351,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
     if mode == "i2v" and model.variant == "tooncrafter":
-        raise InputError("ToonCrafter interpolates between two keyframes: give an end image (mode 'interpolation') or "
-                         "use mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
-                         "(dynamicrafter_512_v1.ckpt)")
+        raise InputError(TOONCRAFTER_I2V)
     check_frames(frames)
     check_seed(seed)
     d = model.defaults

@@ -4,6 +4,7 @@ from . import host
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
+from .long_video import ColourMatch, ContinueVideo
 from .native_nodes import (ApplySketch, Conditioning, DDIMSampler, Decode, GuidanceRescale, Guider, NativeModel, Noise,
                            Scheduler)
 from .sampler import FrameInterpolate, I2VSampler
@@ -26,6 +27,8 @@ NODES = {
     "DynamiCrafterAnimate_GuidanceRescale": (GuidanceRescale, "DynamiCrafter Guidance Rescale"),
     "DynamiCrafterAnimate_Decode": (Decode, "DynamiCrafter Decode"),
     "DynamiCrafterAnimate_ApplySketch": (ApplySketch, "Apply Sketch Guidance"),
+    "DynamiCrafterAnimate_ContinueVideo": (ContinueVideo, "Continue Video"),
+    "DynamiCrafterAnimate_ColourMatch": (ColourMatch, "Colour Match"),
 }
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

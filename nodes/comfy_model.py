@@ -213,7 +213,7 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         # the UNet takes one sigma and one conditioning per video: the sampling run checks that each video's frames
         # carried one (without a host sync per call; a call outside a run is checked at once)
         checks = transformer_options.get(FRAME_CHECKS) or FrameChecks()
-        checks.record(t, c_crossattn, frames)
+        checks.record(t, c_crossattn, frames, windowed=window is not None)
         if FRAME_CHECKS not in transformer_options:
             checks.check()
         concat = window_rows(c_concat, x.shape[0], frames, transformer_options)

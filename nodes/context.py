@@ -6,6 +6,7 @@ import torch
 
 from ..dynamicrafter_core.errors import InputError, MissingEncoderError
 from ..dynamicrafter_core.pipeline import Conditioning, text_image_context
+from ..dynamicrafter_core.schedule import parse_prompt_schedule
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import host, memory
 from .sockets import CONTEXT, MODEL_INPUT, DynamiCrafterModel, ImageContext, core_to_image, expect, image_to_core
@@ -16,7 +17,10 @@ VISION_WIDTHS = {1024: "CLIP ViT-L/14 (SD1.5 IP-Adapter's)", 1664: "CLIP ViT-big
 PROMPT_INPUTS = {
     "prompt": ("STRING", {"multiline": True, "default": "",
                           "tooltip": "What should happen in the video (motion, camera, mood). Only the first 77 "
-                                     "tokens are used, as in the original."}),
+                                     "tokens are used, as in the original. A schedule, `0: a boat on a calm lake | "
+                                     "16: the boat sails toward the sunset` (frames of the output), gives Frame "
+                                     "Interpolate a prompt per segment and DynamiCrafter Conditioning one per "
+                                     "context window."}),
     "negative_prompt": ("STRING", {"multiline": True, "default": "",
                                    "tooltip": "What to steer away from; the original leaves it empty."}),
 }
@@ -117,4 +121,9 @@ class EncodeImageContext:
     def encode(self, model, image, prompt: str, negative_prompt: str, clip=None, clip_vision=None):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         images = image_to_core(image, "image")
-        return (ImageContext(image_context(model, images, prompt, negative_prompt, clip, clip_vision)),)
+        schedule = parse_prompt_schedule(prompt)
+        if len(schedule) == 1:
+            return (ImageContext(image_context(model, images, schedule[0][1], negative_prompt, clip, clip_vision)),)
+        conds = [(frame, image_context(model, images, text, negative_prompt, clip, clip_vision))
+                 for frame, text in schedule]
+        return (ImageContext(conds[0][1], tuple(conds)),)

@@ -93,11 +93,14 @@ class FrameChecks:
     def __init__(self):
         self.calls = []
 
-    def record(self, sigmas: torch.Tensor, context: torch.Tensor, frames: int) -> None:
+    def record(self, sigmas: torch.Tensor, context: torch.Tensor, frames: int, windowed: bool) -> None:
+        """`windowed`: a context window's call, whose frames may carry a prompt schedule's prompts (the window
+        takes its first frame's, by design): only their sigmas must agree."""
         videos = sigmas.shape[0] // frames
         sigmas, context = sigmas.reshape(videos, frames), context.reshape(videos, frames, *context.shape[1:])
-        self.calls.append((torch.stack([(sigmas != sigmas[:, :1]).any(), (context != context[:, :1]).any()]),
-                           sigmas.detach()))
+        context_differs = torch.zeros((), dtype=torch.bool, device=sigmas.device) if windowed else \
+            (context != context[:, :1]).any().to(sigmas.device)
+        self.calls.append((torch.stack([(sigmas != sigmas[:, :1]).any(), context_differs]), sigmas.detach()))
 
     def check(self) -> None:
         if not self.calls:
@@ -113,9 +116,9 @@ class FrameChecks:
             if context_differs:
                 raise InputError("the frames of one video were given different conditioning: DynamiCrafter's UNet "
                                  "takes one cross-attention context per video. Give the sampler one conditioning per "
-                                 "video (DynamiCrafter Conditioning's, not a batch of prompts or images)")
-
-
+                                 "video (DynamiCrafter Conditioning's, not a batch of prompts or images); a prompt "
+                                 "schedule needs Context Windows (Manual) between DynamiCrafter Model and the sampler "
+                                 "(each window takes one prompt), or give Encode Image Context one prompt")
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
     """The concat latents for a batch of `rows` = n videos x `frames` frames. A core whose context windows slice
     only the noise leaves each video's full-length latents: take the window's frames, so an end latent stays on the
@@ -298,7 +301,8 @@ def image_negative(positive: list, negative: list) -> list:
         raise InputError("image_cfg needs one positive and one negative conditioning from DynamiCrafter "
                          "Conditioning (combined conditionings have no single image to take)")
     (pos, pos_extra), (neg, neg_extra) = positive[0], negative[0]
-    context = torch.cat([neg[:, :TEXT_TOKENS], pos[:, TEXT_TOKENS:]], dim=1)
+    # a prompt schedule's positive has a row per frame (the same image tokens in each)
+    context = torch.cat([neg[:, :TEXT_TOKENS].expand(pos.shape[0], -1, -1), pos[:, TEXT_TOKENS:]], dim=1)
     extra = dict(pos_extra)
     if "cross_attn_controlnet" in neg_extra:
         extra["cross_attn_controlnet"] = neg_extra["cross_attn_controlnet"]

@@ -14,6 +14,7 @@ from ..dynamicrafter_core.noise import generator as seed_generator
 from ..dynamicrafter_core.noise import posterior_shapes
 from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, frames_to_images
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
+from ..dynamicrafter_core.schedule import prompt_at
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
 from .guidance import check_interpolation
@@ -76,6 +77,7 @@ class Conditioning:
         context = expect(context, ImageContext, "context", "Encode Image Context")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
         cond = context.conditioning
+        positive_context = scheduled_context(context, guidance.frames)
         mean = guidance.start[0]
         if cond.context.shape[0] != 1 or mean.shape[0] != 1:
             raise InputError(f"DynamiCrafter's MODEL makes one video per run, the context holds "
@@ -97,8 +99,8 @@ class Conditioning:
         draws = posterior_shapes(mean.shape, guidance.end is not None)
         # the draws made here travel with the positive (the DDIM sampler's step noise follows them) and the latent
         # (DynamiCrafter Noise's initial noise follows them)
-        positive = [[cond.context, {**extra, native.SEED_DRAWS: draws,
-                                    "cross_attn_controlnet": cond.context[:, :native.TEXT_TOKENS]}]]
+        positive = [[positive_context, {**extra, native.SEED_DRAWS: draws,
+                                        "cross_attn_controlnet": positive_context[:, :native.TEXT_TOKENS]}]]
         negative = [[cond.uncond_context,
                      {**extra, "cross_attn_controlnet": cond.uncond_context[:, :native.TEXT_TOKENS]}]]
         h, w = mean.shape[-2:]
@@ -108,6 +110,15 @@ class Conditioning:
         if guidance.references is not None:
             latent[native.REFERENCES] = guidance.references
         return (positive, negative, latent)
+
+
+def scheduled_context(context: ImageContext, frames: int) -> torch.Tensor:
+    """The positive context: one row, or with a prompt schedule one row per frame (each frame's prompt), which
+    ComfyUI's context windows cut to the window's frames like any per-frame conditioning; a window is conditioned
+    on the prompt of its first frame (native.py)."""
+    if len(context.schedule) <= 1:
+        return context.conditioning.context
+    return torch.cat([prompt_at(context.schedule, t).context for t in range(frames)])
 
 
 class Scheduler:

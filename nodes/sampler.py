@@ -14,6 +14,7 @@ from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.noise import generator as seed_generator
 from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, fit_image, frames_to_images, sample
 from ..dynamicrafter_core.sampler import SPACINGS, ddim_timesteps
+from ..dynamicrafter_core.schedule import parse_prompt_schedule, prompt_at
 from ..dynamicrafter_core.settings import SEED_RANGE
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
@@ -180,6 +181,7 @@ class I2VSampler(_VideoSampler):
                  fs: int, guidance_rescale: float, spacing: str, sketch=None, unique_id: Optional[str] = None):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         context = expect(context, ImageContext, "context", "Encode Image Context")
+        context.check_one_prompt("I2V Sampler")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
         sketching = sketch_options(model, sketch, guidance)
         if guidance.mode != "i2v":
@@ -239,8 +241,11 @@ class FrameInterpolate(_VideoSampler):
         height, width = video_size(model, width, height)
         keys = [fit_image(keys[i:i + 1], height, width, fit) for i in range(keys.shape[0])]
         pairs = [(i, i + 1) for i in range(len(keys) - 1)] + ([(len(keys) - 1, 0)] if loop else [])
-        contexts = [ImageContext(image_context(model, keys[i], prompt, negative_prompt, clip, clip_vision))
-                    for i, _ in pairs]
+        # a schedule's prompt on each segment's first new frame (segment k adds frames - 1 after the first)
+        schedule = parse_prompt_schedule(prompt)
+        contexts = [ImageContext(image_context(model, keys[i], prompt_at(schedule, k * (frames - 1) + (k > 0)),
+                                               negative_prompt, clip, clip_vision))
+                    for k, (i, _) in enumerate(pairs)]
         posteriors = [posterior(model, key) for key in keys]
         options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
         load_unet(model, 1, frames, posteriors[0][0].shape[-2:], options)

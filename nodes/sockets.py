@@ -54,8 +54,17 @@ class DynamiCrafterModel:
 
 @dataclass
 class ImageContext:
-    """The text-aligned image context for B images, on the intermediate device."""
+    """The text-aligned image context for B images, on the intermediate device. A prompt schedule also keeps each
+    entry's context, ((frame, Conditioning), ...); `conditioning` is then the first entry's."""
     conditioning: Conditioning
+    schedule: tuple = ()
+
+    def check_one_prompt(self, node: str) -> None:
+        if len(self.schedule) > 1:
+            raise InputError(f"the context holds a prompt schedule of {len(self.schedule)} prompts, but {node} makes "
+                             "one video window with one prompt: use Continue Video (one prompt per segment), or "
+                             "DynamiCrafter Conditioning with Context Windows (one per window); or give Encode Image "
+                             "Context one prompt")
 
 
 @dataclass

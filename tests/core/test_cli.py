@@ -45,6 +45,23 @@ def test_animate_writes_a_playable_mp4_with_the_requested_frames(tmp_path, photo
     assert torch.equal(read_video(again), frames)
 
 
+def test_frames_past_one_segment_continue_the_video_with_a_prompt_schedule(tmp_path, photo, capsys):
+    out = tmp_path / "long.mp4"
+    status, err = in_process(capsys, "animate", photo, "--prompt", "0: a red square | 16: a blue sky",
+                             *tiny("--frames", "20", "--steps", "1", "-o", out))
+    assert status == 0, err
+    assert read_video(out).shape == (20, 64, 64, 3)
+    assert "segment 2/2" in err
+
+
+def test_keyframes_chain_interpolations_from_the_command_line(tmp_path, photo, capsys):
+    out = tmp_path / "chain"
+    status, err = in_process(capsys, "animate", photo, "--keyframe", photo, "--keyframe", photo, "--prompt", "a cat",
+                             *tiny("--variant", "512_interp", "--steps", "1", "--segment-frames", "4", "-o", out))
+    assert status == 0, err
+    assert len(list(out.iterdir())) == 7  # 4 frames, then 3 new ones: the boundary frame once
+
+
 @pytest.mark.slow  # two more runs in new processes (~30 s each on two cores); the mp4 test above stays default
 def test_png_frames_and_gif_outputs(tmp_path, photo):
     folder = tmp_path / "frames"
@@ -83,6 +100,10 @@ def in_process(capsys, *args):
     (("animate", "{photo}", "--width", "500"), "multiple of 64"),
     (("animate", "{photo}", "--steps", "0"), "steps"),
     (("animate", "{photo}", "--eta", "-1"), "eta"),
+    (("animate", "{photo}", "--frames", "40", "--prompt", "0: a boat | sails away"), "entry 2 ('sails away')"),
+    (("animate", "{photo}", "--prompt", "0: a boat | 16: sails away"), "--prompt is a schedule, but 16 frames"),
+    (("animate", "{photo}", "--frames", "40", "--overlap", "15"), "overlap must be a whole number from 0 to 14"),
+    (("animate", "{photo}", "--keyframe", "{photo}", "--loop"), "cannot be combined with --end or --loop"),
 ])
 def test_bad_input_gets_one_clear_line(args, message, photo, tmp_path, capsys):
     args = [a.format(photo=photo) for a in args]

@@ -203,6 +203,32 @@ def test_cancel_raises_comfyuis_interrupt_and_leaves_the_model_usable(real, comf
     assert torch.equal(i2v(real, model, seed=3)[0], reference)
 
 
+def test_cancel_in_the_third_segment_of_continue_video_leaves_comfyui_usable(real, comfy):
+    mm, utils = comfy["mm"], comfy["utils"]
+    model, _ = load(real)
+    settings = dict(model=model, image=comfy_image((64, 64)), prompt="0: a cat | 4: a dog", negative_prompt="",
+                    frames=10, segment_frames=4, overlap=0, colour_match="mean_std", colour_strength=1.0, width=64,
+                    height=64, fit="crop", seed=5, **FAST)
+    (reference,) = real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings)
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 7:  # the first step of the third segment (3 steps each)
+            mm.interrupt_current_processing(True)  # the Cancel button
+
+    utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings, unique_id="4")
+    finally:
+        utils.set_progress_bar_global_hook(None)
+    assert seen == list(range(1, 8))  # one bar over the three segments, stopped within the next step
+    (again,) = real["DynamiCrafterAnimate_ContinueVideo"].generate(**settings)
+    assert torch.equal(again, reference)
+    assert torch.equal(i2v(real, model, seed=3)[0], i2v(real, model, seed=3)[0])  # and the model still serves
+
+
 # -- the server and the real frontend ------------------------------------------------------------------------
 
 
@@ -357,7 +383,7 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
                      "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance", "DynamiCrafter Model",
                      "DynamiCrafter Conditioning", "DynamiCrafter Scheduler", "DynamiCrafter DDIM Sampler",
                      "DynamiCrafter Guider", "DynamiCrafter Noise", "DynamiCrafter Guidance Rescale",
-                     "DynamiCrafter Decode", "Apply Sketch Guidance"}
+                     "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match"}
     templates = json.loads(urllib.request.urlopen(f"{server['url']}/workflow_templates").read())
     shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert sorted(templates[ROOT.name]) == shipped
@@ -392,6 +418,9 @@ def shrink(workflow: dict) -> dict:
                 values[1], values[2] = side, side  # width, height (0: the tiny checkpoint's 64)
         elif kind == "DynamiCrafterAnimate_I2VSampler":
             values[0], values[1], values[2] = 1, "fixed", 2  # seed, control, steps
+        elif kind == "DynamiCrafterAnimate_ContinueVideo":
+            values[2], values[3] = 10, 4  # frames, segment_frames: 3 segments of 4 frames (4 + 3 + 3)
+            values[10], values[11], values[12] = 1, "fixed", 2  # seed, control, steps
         elif kind == "DynamiCrafterAnimate_FrameInterpolate":
             values[6], values[7], values[8], values[9] = 4, 1, "fixed", 2  # frames, seed, control, steps
         elif kind in ("DynamiCrafterAnimate_Conditioning", "DynamiCrafterAnimate_Noise", "PrimitiveInt"):
@@ -466,7 +495,9 @@ def test_each_workflow_runs_in_comfyui(server, path, tmp_path):
     save = next(n for n in workflow["nodes"] if n["type"] == "SaveAnimatedWEBP")
     (webp,) = (server["base"] / "output").glob(f"{save['widgets_values'][0]}_*.webp")
     with Image.open(webp) as video:
-        frames = {"dynamicrafter_loop": 3, "dynamicrafter_keyframes": 7}.get(path.stem, 4)  # 4 - 1; 4 + (4 - 1)
+        # 4 - 1; 4 + (4 - 1); three segments of 4 frames, each boundary once
+        frames = {"dynamicrafter_loop": 3, "dynamicrafter_keyframes": 7,
+                  "dynamicrafter_long_video": 10}.get(path.stem, 4)
         if any(n["type"] == "ContextWindowsManual" for n in workflow["nodes"]):
             frames = 24
         size = 128 if "upscale_2x" in path.stem else video_side(workflow)  # upscale: 4x model, then scaled by 0.5

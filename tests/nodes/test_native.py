@@ -523,7 +523,7 @@ def test_the_schedule_conversions_never_read_back_to_the_host(real, model, pack)
     ms.calculate_input(sigma, x)
     assert ms.tables(meta) is tables
     checks = pack.nodes.native.FrameChecks()
-    checks.record(sigma, torch.empty(3, 77, 16, device=meta), 3)  # recorded on the device, read once per run
+    checks.record(sigma, torch.empty(3, 77, 16, device=meta), 3, windowed=False)  # recorded on the device, read once per run
 
 
 class ScalarReads(TorchDispatchMode):
@@ -668,3 +668,36 @@ def test_comfyuis_memory_estimate_counts_image_cfgs_third_branch(real, model, pa
     three = pack.nodes.memory.unet(1, 3, frames, latent, unet.cfg.model_channels, unet.dtype.itemsize)
     (shape, estimate), *_ = asked
     assert shape[0] == 2 * frames and estimate == three
+# -- prompt schedule ---------------------------------------------------------------------------------------------
+
+
+def test_a_prompt_schedule_gives_each_context_window_its_prompt(real, model):
+    guidance, frame = real["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
+        model=model, image=comfy_image((64, 64)), mode="i2v", width=64, height=64, fit="crop", frames=24)
+    (context,) = real["DynamiCrafterAnimate_EncodeImageContext"].encode(
+        model=model, image=frame, prompt="0: a cat | 8: a dog", negative_prompt="blurry")
+    texts = {p: model.core.encode_text([p])[0] for p in ("a cat", "a dog", "blurry")}
+    seen = []
+
+    def spy(unet):
+        windowed = context_windows(unet)  # windows of 16 overlapping by 4: frames 0-15 and 8-23
+        run = type(windowed.model)._diffusion
+
+        def record(self, xc, timesteps, context, *args, **kwargs):  # each video's prompt in this UNet call
+            heads = context[::kwargs["num_video_frames"], :77]
+            seen.append({next(p for p, t in texts.items() if torch.allclose(h, t, atol=1e-5)) for h in heads})
+            return run(self, xc, timesteps, context, *args, **kwargs)
+
+        windowed.model._diffusion = record.__get__(windowed.model)
+        return windowed
+
+    try:
+        latent = native(real, model, context, guidance, 1, steps=1, patch=spy)
+    finally:
+        model.patcher.model.__dict__.pop("_diffusion", None)
+    assert latent["samples"].shape == (24, 4, 8, 8)
+    assert seen == [{"a cat", "blurry"}, {"a dog", "blurry"}]  # window 1 from frame 0, window 2 from frame 8
+    with pytest.raises(ValueError, match="prompt schedule.*Context Windows"):
+        native(real, model, context, guidance, 1, steps=1)  # one pass over the whole video: one prompt only
+    with pytest.raises(ValueError, match="prompt schedule of 2 prompts.*Continue Video"):
+        bundled(real, model, context, guidance, 1)

@@ -195,3 +195,19 @@ def test_a_small_gpu_decodes_tooncrafter_in_passes_and_says_so(pack, nodes, host
     in_passes = toon.core.decode_latents(video_latents, 4, references=guidance.references)
     assert torch.equal(passes, frames_to_images(in_passes))
     assert not torch.equal(passes, whole)
+
+
+def test_continue_video_chains_cartoon_keyframes_and_refuses_image_to_video(nodes, host, toon):
+    from dynamicrafter_core.long_video import continue_video
+
+    start, keys = comfy_image((64, 64), seed=1), torch.cat([comfy_image((64, 64), seed=s) for s in (2, 3)])
+    settings = dict(model=toon, image=start, prompt="0: a cat | 8: a dog", negative_prompt="", frames=64,
+                    segment_frames=FRAMES, overlap=0, colour_match="mean_std", colour_strength=1.0, width=64,
+                    height=64, fit="crop", seed=9, **FAST)
+    (frames,) = nodes["DynamiCrafterAnimate_ContinueVideo"].generate(**settings, keyframes=keys)
+    expected = continue_video(toon.core, to_core(start), "0: a cat | 8: a dog", frames=None,
+                              keyframes=[to_core(keys[i:i + 1]) for i in range(2)], segment_frames=FRAMES, seed=9,
+                              steps=3)
+    assert frames.shape == (2 * FRAMES - 1, 64, 64, 3) and torch.equal(frames, expected)
+    with pytest.raises(ValueError, match=r"ToonCrafter interpolates between two keyframes.*connect `keyframes`"):
+        nodes["DynamiCrafterAnimate_ContinueVideo"].generate(**settings)

@@ -33,8 +33,8 @@ def widget_names(spec: dict) -> list:
 def test_there_are_the_promised_workflows():
     names = {p.stem for p in WORKFLOWS}
     assert {"dynamicrafter_image_to_video", "dynamicrafter_interpolation", "dynamicrafter_loop",
-            "dynamicrafter_image_to_video_upscale_2x", "dynamicrafter_keyframes", "tooncrafter_interpolation",
-            "tooncrafter_sketch_interpolation"} <= names
+            "dynamicrafter_image_to_video_upscale_2x", "dynamicrafter_keyframes", "dynamicrafter_long_video",
+            "tooncrafter_interpolation", "tooncrafter_sketch_interpolation"} <= names
     # ComfyUI lists every *.json in the folder as a template and shows <name>.jpg as its picture
     assert all(p.with_suffix(".jpg").is_file() for p in WORKFLOWS)
     assert {p.stem for p in (ROOT / "workflows").glob("*.jpg")} == names
