@@ -42,6 +42,8 @@ class EpipolarMasks:
         return self._built[key]
 
     def to(self, device) -> "EpipolarMasks":
+        if self.F.device == torch.device(device):
+            return self  # keeps the masks built so far
         return EpipolarMasks(self.F.to(device), self.masked_ds, self.registers)
 
 

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import torch
 
 from .controlnet import LATENT_SCALE, ControlNet, check_hint
+from .epipolar import CameraFeatures
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .noise import generator as seed_generator
@@ -39,7 +40,8 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
            text_uncond_context: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None,
            batch_branches: bool = True, device: Union[str, torch.device, None] = None,
            control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
-           control_scale: float = DEFAULT_CONTROL_SCALE) -> torch.Tensor:
+           control_scale: float = DEFAULT_CONTROL_SCALE, camera: Optional[CameraFeatures] = None,
+           camera_cfg: float = 1.0, camera_cfg_schedule: str = "constant") -> torch.Tensor:
     """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
 
     context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
@@ -51,6 +53,9 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     (B or 1, 1, T, 8h, 8w) in [0, 1], white lines on black. At every step, in every guidance branch, the ControlNet
     sees the noisy latents x_t, the hint, t and that branch's context, and its residuals enter that branch's UNet call
     times `control_scale` (0 to 2; 0 gives the video without the sketch; the sketch fork's default is 0.6).
+    camera: CamI2V's camera (`model.encode_camera`), seen by every guidance branch, as the original's sampler gives
+    it to the unconditional one too; camera_cfg != 1 adds a pass without it (CamI2V's camera guidance, off by
+    default), weighted "constant" or "cosine" over the timesteps.
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
@@ -82,11 +87,26 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
 
     concat = concat.to(dev, torch.float32)
     unet = model.unet
+    if camera is not None:
+        check_number("camera_cfg", camera_cfg, 1.0, 10.0, "how much more the camera path is followed than the model "
+                     "would; 1 (the default) leaves it out, CamI2V's demo offers 1 to 4")
+        camera = CameraFeatures([f.to(dev) for f in camera.features],
+                                camera.masks.to(dev) if camera.masks is not None else None)
+        unet.check_camera(camera, b, t, h, w)
+    elif camera_cfg != 1.0:
+        raise InputError("camera_cfg is the camera's guidance scale; give a camera, or leave camera_cfg at 1")
 
-    def model_fn(x, t, ctx):
+    def with_camera(n):
+        if camera is None or n == 1 or camera.features[0].shape[0] == 1:
+            return camera  # a batch-1 camera broadcasts over the guidance branches
+        return CameraFeatures([f.repeat(n, 1, 1, 1, 1) for f in camera.features], camera.masks)
+
+    def model_fn(x, t, ctx, use_camera=True):
         n = x.shape[0] // b
         xc = torch.cat([x, concat.repeat(n, 1, 1, 1, 1)], dim=1)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
+        if camera is not None:
+            return unet(xc, tt, ctx, fs.repeat(n), camera=with_camera(n) if use_camera else None)
         if not guide:
             return unet(xc, tt, ctx, fs.repeat(n))
         # the sketch fork's apply_model: the ControlNet on x_t (not the concat), each branch with its own context
@@ -100,7 +120,8 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
                  "the text or image encoder's weights are damaged, or it overflowed in float16")
     check_finite("the visual detail guidance latents", [concat],
                  "the VAE encoder's weights are damaged, or it overflowed in float16")
-    denoiser = cfg_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
+    denoiser = cfg_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches,
+                            camera_cfg, camera_cfg_schedule, lambda x, t, c: model_fn(x, t, c, use_camera=False))
     timesteps = ddim_timesteps(steps, spacing, model.schedule.num_timesteps)
 
     def watch(step: dict) -> None:
