@@ -80,7 +80,8 @@ class DynamiCrafter(nn.Module):
         """Low-memory mode: only the networks of `stage` on `device`, the others on the CPU. "encode": the CLIP
         towers and the Query Transformer (2 GB in bf16); "sample": the UNet (2.9 GB). The VAE stays where it is."""
         encoders = [m for m in (self.text_encoder, self.image_encoder, self.query_transformer) if m is not None]
-        wanted, spare = (encoders, [self.unet]) if stage == "encode" else ([self.unet], encoders)
+        samplers = [m for m in (self.unet, self.pose_encoder) if m is not None]
+        wanted, spare = (encoders, samplers) if stage == "encode" else (samplers, encoders)
         for module in spare:
             module.to("cpu")
         for module in wanted:

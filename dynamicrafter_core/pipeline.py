@@ -18,6 +18,7 @@ import torch
 
 from .controlnet import LATENT_SCALE, ControlNet, check_hint
 from .epipolar import CameraFeatures
+from .trajectory import CameraPath
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .noise import generator as seed_generator
@@ -351,7 +352,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             image_cfg: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
             fit: str = "crop", callback: Optional[StepCallback] = None, low_memory: bool = False,
             control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
-            control_scale: float = 0.6) -> torch.Tensor:
+            control_scale: float = 0.6, camera: Optional[CameraPath] = None, camera_cfg: float = 1.0) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
     mode: "i2v" (image to video), "interpolation" (start -> end_image), "loop" (start -> start, the repeated last
@@ -359,7 +360,9 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     ToonCrafter interpolates only ("interpolation" or "loop"); its decoder takes the keyframes' encoder features, and
     `control` (load_controlnet) with `hint` (B, 1, T, H, W) in [0, 1], one sketch per frame, guides it by sketches.
     low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
-    and run the guidance branches one after the other. The same video, with less GPU memory and some transfers."""
+    and run the guidance branches one after the other. The same video, with less GPU memory and some transfers.
+    camera: a CamI2V model's camera path (trajectory.camera_path / preset_path / read_pose_file), its first `frames`
+    poses, relative to the image's frame; camera_cfg > 1 follows it more strongly (a third guidance pass)."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "interpolation" and end_image is None:
@@ -368,6 +371,8 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
         raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
+    if camera is not None and mode != "i2v":
+        raise InputError(f"a camera path animates one image (mode 'i2v'); CamI2V has no {mode} mode")
     if mode == "i2v" and model.variant == "tooncrafter":
         raise InputError("ToonCrafter interpolates between two keyframes: give an end image (mode 'interpolation') or "
                          "use mode 'loop'; for image to video from one image load a DynamiCrafter checkpoint "
@@ -412,10 +417,17 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:
         model.place("sample", home)
+    features = None
+    if camera is not None:
+        path = camera.fitted(frames)
+        # the zero-translation perturbation from a generator of its own: the run's noise stays as without a camera
+        features = model.encode_camera(path.intrinsics(height, width)[None], path.c2w[None], height, width,
+                                       generator=seed_generator(seed))
     latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=cfg, eta=eta,
                      guidance_rescale=guidance_rescale, spacing=spacing, fs=fs, generator=generator,
                      image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback,
-                     batch_branches=not low_memory, control=control, hint=hint, control_scale=control_scale)
+                     batch_branches=not low_memory, control=control, hint=hint, control_scale=control_scale,
+                     camera=features, camera_cfg=camera_cfg)
     video = model.decode_latents(latents, references=references)
     if mode == "loop":
         video = video[:, :, :-1]  # the last frame repeats the first (the original drops it after decoding)
