@@ -146,4 +146,5 @@ def camera_path(source: str, frames: int, speed: float = 1.0) -> CameraPath:
         return preset_path(source, frames, speed)
     if Path(source).suffix.lower() == ".txt" or Path(source).exists():
         return read_pose_file(source, frames, speed)
-    raise InputError(f"--camera {source!r} is neither a preset ({', '.join(PRESETS)}) nor a pose file (.txt)")
+    raise InputError(f"camera {source!r} is neither a preset ({', '.join(PRESETS)}) nor a RealEstate10K pose file "
+                     "(.txt)")
