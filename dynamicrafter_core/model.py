@@ -129,20 +129,22 @@ class DynamiCrafter(nn.Module):
         return self.pose_encoder is not None
 
     @torch.no_grad()
-    def encode_camera(self, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int, cond_frame: int = 0,
+    def encode_camera(self, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+                      cond_frame: Optional[int] = 0,
                       translation_scale: float = 1.0, t_pairs: Optional[torch.Tensor] = None,
                       generator: Optional[torch.Generator] = None, device=None) -> CameraFeatures:
         """A camera path -> what the UNet's camera-aware blocks read (original: `get_batch_input_camera_condition_
         process`). K (B, T, 3, 3): intrinsics in pixels of the height x width video; c2w (B, T, 4, 4): camera-to-world
-        poses, made relative to frame `cond_frame` here. t_pairs: the pairs' translations after the zero-translation
-        perturbation, to reproduce a given run; else drawn from `generator`."""
+        poses, made relative to frame `cond_frame` here (None: they already are, to the image's camera, as a context
+        window's frames are). t_pairs: the pairs' translations after the zero-translation perturbation, to reproduce
+        a given run; else drawn from `generator`."""
         if self.pose_encoder is None:
             raise InputError(f"this model is DynamiCrafter {self.variant}, without camera control; load a CamI2V "
                              "checkpoint (256_cami2v.pt, 512_cami2v_50k.pt, ...) to follow a camera path")
         epi = self.config.unet.epipolar
         dev = device or weights_device(self.pose_encoder)
         K, c2w = K.to(dev, torch.float32), c2w.to(dev, torch.float32)
-        rel = cam.relative_poses(c2w, cond_frame, translation_scale)
+        rel = c2w if cond_frame is None else cam.relative_poses(c2w, cond_frame, translation_scale)
         rays = cam.plucker_rays(K, rel, height, width)
         dtype = self.pose_encoder.encoder_conv_in.weight.dtype
         features = [f.float() for f in self.pose_encoder(rays.to(dtype))]

@@ -1,6 +1,7 @@
 """DynamiCrafter Animate's ComfyUI nodes. Node ids are prefixed and never renamed (saved workflows refer to them);
 display names may change."""
 from . import host
+from .camera import CameraTrajectory
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
@@ -26,6 +27,7 @@ NODES = {
     "DynamiCrafterAnimate_GuidanceRescale": (GuidanceRescale, "DynamiCrafter Guidance Rescale"),
     "DynamiCrafterAnimate_Decode": (Decode, "DynamiCrafter Decode"),
     "DynamiCrafterAnimate_ApplySketch": (ApplySketch, "Apply Sketch Guidance"),
+    "DynamiCrafterAnimate_CameraTrajectory": (CameraTrajectory, "Camera Trajectory"),
 }
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

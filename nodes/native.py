@@ -39,6 +39,7 @@ DRAWS = "dynamicrafter_draws"  # the shapes the conditioning drew from the seed 
 # keys of its LATENT, which SamplerCustomAdvanced and KSampler pass on to their output
 LOOP = "dynamicrafter_loop"  # the last frame repeats the first: Decode drops it
 REFERENCES = "dynamicrafter_references"  # ToonCrafter: the keyframes' features for its decoder
+CAMERA = "dynamicrafter_camera"  # CamI2V: the camera path (CameraCond), in both conditionings
 
 SNAP = 1e-4  # timesteps this close to an integer are that timestep
 CONDITIONING_HINT = ("connect DynamiCrafter Conditioning's positive and negative outputs (directly, or through "
@@ -201,6 +202,9 @@ def classes():
             text = kwargs.get("cross_attn_controlnet")
             if text is not None:
                 out["crossattn_controlnet"] = comfy.conds.CONDCrossAttn(text)
+            if kwargs.get(CAMERA) is not None:
+                # one object for the whole video: each call picks its frames' poses (a context window's or all)
+                out[CAMERA] = comfy.conds.CONDConstant(kwargs[CAMERA])
             return out
 
         def memory_required(self, input_shape, cond_shapes={}):
@@ -222,12 +226,15 @@ def classes():
             executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
                 self._diffusion, self, comfy.patcher_extension.get_all_wrappers(
                     comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options))
+            camera = kwargs.get(CAMERA)
+            if camera is not None:
+                camera = camera.features(x.shape[0] // frames, frames, transformer_options, x.device)
             out = executor.execute(xc, self.model_sampling.timestep(t).float(), c_crossattn, None, control,
-                                   transformer_options, fs=kwargs.get("fs"), num_video_frames=frames)
+                                   transformer_options, fs=kwargs.get("fs"), num_video_frames=frames, camera=camera)
             return self.model_sampling.calculate_denoised(t, out.float(), x)
 
         def _diffusion(self, xc, timesteps, context, y=None, control=None, transformer_options={}, fs=None,
-                       num_video_frames=None):
+                       num_video_frames=None, camera=None):
             """The UNet on ComfyUI's layout: frames in the batch, (n T, 8, h, w) -> (n T, 4, h, w), one context
             and fs row per frame (the same for each frame of a video)."""
             frames = num_video_frames
@@ -238,7 +245,8 @@ def classes():
             x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
             first = slice(None, None, frames)  # one row per video
             out = self.diffusion_model(x5, timesteps[first], context[first], None if fs is None else fs[first],
-                                       control=control_residuals(control), patches=block_patches(transformer_options))
+                                       control=control_residuals(control), patches=block_patches(transformer_options),
+                                       camera=camera)
             return out.transpose(1, 2).reshape(xc.shape[0], -1, *xc.shape[2:])
 
     class DynamiCrafterConfig(comfy.supported_models_base.BASE):
@@ -335,6 +343,31 @@ def classes():
 
 # ---------------------------------------------------------------------------------------------------------------
 # conversions between ComfyUI's conventions and the core's
+
+
+class CameraCond:
+    """CamI2V's camera in a conditioning: the path (nodes.camera.Camera), the core model whose pose encoder reads it,
+    the seed of its zero-translation noise and the video's pixel size. Compared by identity, so ComfyUI batches the
+    two conditionings that share it."""
+
+    def __init__(self, camera, core, seed: int, height: int, width: int):
+        self.camera, self.core, self.seed, self.height, self.width = camera, core, seed, height, width
+
+    def features(self, videos: int, frames: int, transformer_options: dict, device):
+        """The camera for one UNet call over `videos` x `frames` latent frames: the whole video's, or with context
+        windows the window's own frames' poses (relative to the video's first frame, the image's)."""
+        window = transformer_options.get("context_window")
+        if window is None:
+            index = list(range(frames))
+        else:
+            index = list(window.index_list)
+            if getattr(window, "causal_anchor_index", None) is not None and window.causal_anchor_index >= 0:
+                raise InputError("the camera path does not work with Context Windows' causal_window_fix (it puts a "
+                                 "frame from before the window in front of it, whose pose is not the window's): turn "
+                                 "causal_window_fix off, or disconnect `camera`")
+            if len(index) != frames:
+                raise InputError(f"the context window names {len(index)} frames for a call over {frames}")
+        return self.camera.features(self.core, index, self.height, self.width, device, self.seed)
 
 
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
