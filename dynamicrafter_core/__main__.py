@@ -150,11 +150,8 @@ def _check_settings(args) -> None:
 def _checkpoint(args, mode: str) -> Path:
     if args.checkpoint is not None:
         return args.checkpoint
-    if getattr(args, "camera", None) is not None:
-        raise ModelFileNotFoundError("--camera needs a CamI2V checkpoint (camera-controlled DynamiCrafter, "
-                                     "huggingface.co/MuteApo/CamI2V: 256_cami2v.pt, 512_cami2v_50k.pt, ...): pass it "
-                                     "with --checkpoint PATH")
-    variant = args.variant or ("512" if mode == "i2v" else "512_interp")
+    camera = getattr(args, "camera", None) is not None  # a camera path needs CamI2V
+    variant = args.variant or ("cami2v_256" if camera else "512" if mode == "i2v" else "512_interp")
     found = find_checkpoint(variant)
     if found is not None:
         return found
