@@ -265,3 +265,19 @@ def test_bad_camera_options_are_refused_before_loading(tmp_path, args, message, 
     status = main(["animate", str(tmp_path / "missing.png"), "--checkpoint", str(tmp_path / "none.pt"), *args])
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_released_512_layout_makes_every_temporal_block_but_init_attn_camera_aware(cami2v_config):
+    from dynamicrafter_core.checkpoint import detect_variant
+    from dynamicrafter_core.config import VARIANT_CONFIGS
+    from dynamicrafter_core.model import DynamiCrafter
+
+    with torch.device("meta"):
+        model = DynamiCrafter(VARIANT_CONFIGS["cami2v_512"], with_text_encoder=False, with_image_encoder=False)
+    names = sorted(n for n, m in model.unet.named_modules() if hasattr(m, "pluker_projection"))
+    assert names == sorted(json.loads((CAMI2V / "tiny_cami2v.config.json").read_text())["camera_blocks"])
+    assert [f.shape[0] for f in (model.pose_encoder.encoder_conv_in.weight,)] == [320]
+    keys = ["pose_encoder.encoder_conv_in.weight", "model.diffusion_model.input_blocks.1.0.temopral_conv.conv1.2.weight"]
+    assert detect_variant(keys)[0] == "cami2v_512"
+    assert detect_variant(keys + ["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.alpha"])[0] == \
+        "cami2v_256"
