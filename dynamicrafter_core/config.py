@@ -25,7 +25,6 @@ class EpipolarConfig:
     # attention_resolution: the UNet levels (downsampling 1, 2, 4, 8) whose epipolar attention is masked; the others
     # attend to every token of every frame (the 512 model leaves its finest level, 40x64, unmasked)
     masked_ds: tuple = (8, 4, 2, 1)
-    origin: tuple = (256, 256)  # origin_h, origin_w: the pixel size the model was trained at
     perturb_zero_translation: bool = True  # add_small_perturbation_on_zero_T
 
 
@@ -167,8 +166,7 @@ def _released(variant: str) -> ModelConfig:
     clip = ClipConfig(arch=copy.deepcopy(_VIT_H_14))
     if variant.startswith("cami2v_"):  # configs/inference/003_cami2v_{256x256,512x320}.yaml: the base model + camera
         base = _released(variant[len("cami2v_"):])
-        epipolar = (EpipolarConfig(origin=(256, 256)) if variant == "cami2v_256"
-                    else EpipolarConfig(origin=(320, 512), masked_ds=(8, 4, 2)))
+        epipolar = EpipolarConfig() if variant == "cami2v_256" else EpipolarConfig(masked_ds=(8, 4, 2))
         unet = replace(base.unet, epipolar=epipolar, default_fs=base.unet.default_fs if variant == "cami2v_256" else 10)
         return replace(base, unet=unet, pose_encoder=PoseEncoderConfig())
     if variant == "256":
@@ -350,6 +348,5 @@ def _camera_configs(p: dict) -> tuple[PoseEncoderConfig, EpipolarConfig]:
                              max_frames=enc.get("temporal_position_encoding_max_len", 16))
     epipolar = EpipolarConfig(registers=epi.get("num_register_tokens", 0),
                               masked_ds=tuple(epi.get("attention_resolution", (8, 4, 2, 1))),
-                              origin=(epi.get("origin_h", 256), epi.get("origin_w", 256)),
                               perturb_zero_translation=epi.get("add_small_perturbation_on_zero_T", False))
     return pose, epipolar

@@ -26,7 +26,11 @@ class EpipolarMasks:
     A level's mask, (B, T h w, registers + T h w) bool, is built when a block of that level first asks for it (float
     distances a query frame at a time) and kept for the rest of the sampling run, since the camera does not change
     between steps: at 256x256 and 16 frames that is 268 MB for the finest level and 18 MB for the three others
-    together, against rebuilding the finest one five times per UNet call."""
+    together, against rebuilding the finest one five times per UNet call.
+
+    A level's mask is the one of its own downsampling. The original looks it up by origin_h // the feature map's
+    height (origin_h: the training height in the yaml), which is the same level at the trained size; at another
+    height its lookup would miss (an unmasked level) or take another level's key."""
     F: torch.Tensor
     masked_ds: tuple
     registers: int

@@ -281,3 +281,19 @@ def test_the_released_512_layout_makes_every_temporal_block_but_init_attn_camera
     assert detect_variant(keys)[0] == "cami2v_512"
     assert detect_variant(keys + ["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.alpha"])[0] == \
         "cami2v_256"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: p.update(add_type="add_into_temporal_attn"), "add_type"),
+    (lambda p: p["epipolar_config"].update(is_3d_full_attn=True), "is_3d_full_attn"),
+    (lambda p: p["pose_encoder_config"]["params"].update(sk=False), "`sk: False`"),
+])
+def test_cami2v_options_the_released_models_do_not_use_are_refused(cami2v_config, change, message):
+    import copy
+
+    from dynamicrafter_core.errors import ConfigError
+
+    section = copy.deepcopy(cami2v_config)
+    change(section["params"])
+    with pytest.raises(ConfigError, match=message):
+        dc.from_original(section)
