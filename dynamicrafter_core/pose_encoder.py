@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import PoseEncoderConfig
+from .errors import InputError
 from .unet import FeedForward
 
 
@@ -111,7 +112,6 @@ class PoseEncoder(nn.Module):
         """(B, 6, T, H, W) Plücker rays -> [(B, C_l, T, h_l, w_l)] per level; H and W divisible by 8 · 2^(levels-1)."""
         b, c, t, h, w = rays.shape
         if t > self.cfg.max_frames:
-            from .errors import InputError
             raise InputError(f"the camera pose encoder takes at most {self.cfg.max_frames} frames (its positional "
                              f"encoding's length), got {t}; make shorter videos or use context windows")
         x = rays.transpose(1, 2).reshape(b * t, c, h, w)
