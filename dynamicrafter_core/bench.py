@@ -360,7 +360,7 @@ def print_table(result: dict) -> None:
 
 
 def settings(args, dtype: torch.dtype) -> dict:
-    return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size),
+    return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size) if args.size else None,
             "dtype": str(dtype).replace("torch.", ""), "fp8_weights": args.fp8, "channels_last": args.channels_last,
             "ff_tokens": args.ff_tokens, "compile": args.compile, "low_memory": args.low_memory,
             "decode_chunk": args.decode_chunk, "repeats": args.repeats, "warmup": args.warmup,
@@ -439,7 +439,7 @@ def resolve(args):
     if args.frames is None:
         # the fixture's own run: 64x64, 4 frames; the camera's cost at the released models' 16
         args.frames = 4 if args.tiny and args.size is None and args.variant != "cami2v" else 16
-    if args.size is None:
+    if args.size is None and args.variant != "cami2v":  # cami2v: each model's own size unless --size
         args.size = cfg.resolution
     if args.unet_step:
         args.steps = 1
