@@ -5,6 +5,7 @@
   python -m dynamicrafter_core interpolate START END --prompt "..." [--checkpoint PATH] -o out.mp4
   python -m dynamicrafter_core loop IMAGE --prompt "..." [--checkpoint PATH] -o out.gif
   python -m dynamicrafter_core interpolate START END --checkpoint tooncrafter_512_interp_v1.ckpt [--sketch DIR]
+  python -m dynamicrafter_core animate IMAGE --checkpoint 512_cami2v_50k.pt --camera "orbit left" -o out.mp4
   python -m dynamicrafter_core download 512
 
 The output's suffix picks the format: .mp4, .webp, .gif, or no suffix for a folder of PNG frames.
@@ -22,6 +23,7 @@ from .colour import METHODS as COLOUR_METHODS
 from .config import VARIANTS
 from .errors import DynamiCrafterError, InputError, ModelFileNotFoundError
 from .sampler import SPACINGS
+from .trajectory import PRESETS
 from .weights import RELEASED, download, find_checkpoint, missing_message
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -95,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["animate"].add_argument("--keyframe", type=Path, action="append",
                                         help="a long video through keyframes (interp model): one segment from the "
                                              "last frame so far to each --keyframe, in the order given")
+    sub.choices["animate"].add_argument(
+        "--camera", help="CamI2V checkpoints: the camera's path, a preset (" + ", ".join(PRESETS) + ") or a "
+                         "RealEstate10K pose file (.txt: per line a timestamp, fx fy cx cy, 0 0, a 3x4 world-to-camera)")
+    sub.choices["animate"].add_argument("--camera-speed", type=float, default=1.0,
+                                        help="preset: how fast it moves (1 as CamI2V's demo); file: recorded poses "
+                                             "per frame (default 1)")
+    sub.choices["animate"].add_argument("--camera-cfg", type=float, default=1.0,
+                                        help="follow the camera more strongly (a third guidance pass; 1, the "
+                                             "default, leaves it out; CamI2V's demo offers 1 to 4)")
     common(sub.add_parser("interpolate", help="a video from START to END (interp model)"), "512_interp")
     sub.choices["interpolate"].add_argument("image", type=Path)
     sub.choices["interpolate"].add_argument("end", type=Path)
@@ -170,6 +181,11 @@ def _check_settings(args) -> None:
         if value is not None:
             check_side(name, value)
     output_format(args.output, args.fps)
+    if getattr(args, "camera", None) is not None:
+        from .trajectory import camera_path
+
+        check_number("--camera-cfg", args.camera_cfg, 1.0, 10.0, "1 leaves camera guidance out")
+        camera_path(args.camera, args.frames, args.camera_speed)
     if args.sketch is not None:
         check_number("--sketch-strength", args.sketch_strength, 0.0, 2.0, "0 ignores the drawings, 0.6 the default")
         _sketch_files(args.sketch, args.frames)
@@ -178,7 +194,8 @@ def _check_settings(args) -> None:
 def _checkpoint(args, mode: str) -> Path:
     if args.checkpoint is not None:
         return args.checkpoint
-    variant = args.variant or ("512" if mode == "i2v" else "512_interp")
+    camera = getattr(args, "camera", None) is not None  # a camera path needs CamI2V
+    variant = args.variant or ("cami2v_256" if camera else "512" if mode == "i2v" else "512_interp")
     found = find_checkpoint(variant)
     if found is not None:
         return found
@@ -277,10 +294,15 @@ def run(args) -> Path:
         print("the UNet is compiled layer by layer: the first step compiles (minutes on a slow CPU), the others run "
               "faster", file=sys.stderr)
     sketching = {}
+    if getattr(args, "camera", None) is not None:
+        from .trajectory import camera_path
+
+        sketching = {"camera": camera_path(args.camera, args.frames, args.camera_speed),
+                     "camera_cfg": args.camera_cfg}
     if args.sketch is not None:
         height, width = args.height or model.config.resolution[0], args.width or model.config.resolution[1]
         control, hint = _sketch(args, path, args.frames, height, width, device, dtype)
-        sketching = {"control": control, "hint": hint, "control_scale": args.sketch_strength}
+        sketching.update(control=control, hint=hint, control_scale=args.sketch_strength)
         if args.compile:
             compile_layers(control)
     steps = args.steps or model.defaults.steps

@@ -29,7 +29,7 @@ def reference_attention(enabled: bool = True):
 
 
 def einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
-                     scale: Optional[float] = None) -> torch.Tensor:
+                     scale: Optional[float] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The original's `CrossAttention.forward`: (B, h, N, d) in, (B, h, N, d) out, heads folded into the batch
     as contiguous copies, the whole score matrix in memory, softmax in float32."""
     b, heads, n, d = q.shape
@@ -37,19 +37,24 @@ def einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causa
     sim = torch.einsum("b i d, b j d -> b i j", q, k) * (d ** -0.5 if scale is None else scale)
     if is_causal:
         sim = sim.masked_fill(torch.ones_like(sim, dtype=torch.bool).triu(1), float("-inf"))
+    if mask is not None:  # (B or 1, N, M) bool, True = attend
+        sim = sim.view(b, heads, n, -1).masked_fill(~mask[:, None], float("-inf")).view(b * heads, n, -1)
     out = torch.einsum("b i j, b j d -> b i d", sim.float().softmax(dim=-1).to(v.dtype), v)
     return out.view(b, heads, n, d)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-              is_causal: bool = False, scale: Optional[float] = None) -> torch.Tensor:
-    """Multi-head attention over (B, N, heads*d) tensors; returns (B, N, heads*d)."""
+              is_causal: bool = False, scale: Optional[float] = None,
+              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Multi-head attention over (B, N, heads*d) tensors; returns (B, N, heads*d). mask: (B or 1, N, M) bool, True
+    where a query may attend to a key (every row needs one True)."""
     b, n, inner = q.shape
     d = inner // heads
     # (B, N, h*d) -> (B, h, N, d): a view plus transpose; SDPA accepts the strided layout as it is
     q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
     if _use_reference:
-        out = einsum_attention(q, k, v, is_causal, scale)
+        out = einsum_attention(q, k, v, is_causal, scale, mask)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
+                                             is_causal=is_causal, scale=scale)
     return out.transpose(1, 2).reshape(b, n, inner)

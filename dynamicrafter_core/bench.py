@@ -8,6 +8,10 @@
   python -m dynamicrafter_core.bench --tiny --size 320x512 --frames 16 --unet-step --baseline
         one guided UNet step (both guidance branches) of the tiny-width model at the 512 latent size, interleaved
         with the straightforward implementation, and the largest difference between their outputs
+  python -m dynamicrafter_core.bench --variant cami2v --device cuda
+        what CamI2V's camera costs on top of DynamiCrafter: one guided UNet step with and without the camera, and
+        the camera's preparation (pose encoder, epipolar masks), for the 256 and the 512 model (--tiny: the
+        tiny_cami2v fixture's model at the same sizes, frames and masked levels: the real token counts at tiny widths)
 
 --baseline is the straightforward implementation: attention that materialises every score matrix (einsum and
 softmax, as the original), one UNet call per guidance branch, the feed-forward over all tokens at once, NCHW (the
@@ -38,11 +42,12 @@ from .noise import generator as seed_generator
 from .pipeline import draw_visual_detail_guidance, encode_image_context, sample
 from .unet import IMAGE_TOKENS_PER_FRAME, TEXT_TOKENS, TemporalConvBlock, UNet
 
-BENCH_VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter")
+BENCH_VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter", "cami2v")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT = "a sailing boat drifting on a calm lake at sunset"
 SAME_TOLERANCE = 1e-4  # max |optimised - baseline| / std(baseline) that counts as the same output in float32
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_v07"
+CAMI2V_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_cami2v"
 
 
 def tiny_config() -> ModelConfig:
@@ -355,7 +360,7 @@ def print_table(result: dict) -> None:
 
 
 def settings(args, dtype: torch.dtype) -> dict:
-    return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size),
+    return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size) if args.size else None,
             "dtype": str(dtype).replace("torch.", ""), "fp8_weights": args.fp8, "channels_last": args.channels_last,
             "ff_tokens": args.ff_tokens, "compile": args.compile, "low_memory": args.low_memory,
             "decode_chunk": args.decode_chunk, "repeats": args.repeats, "warmup": args.warmup,
@@ -430,10 +435,11 @@ def resolve(args):
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda"
                                                              else torch.float32)
-    cfg = tiny_config() if args.tiny else VARIANT_CONFIGS[args.variant]
+    cfg = tiny_config() if args.tiny else VARIANT_CONFIGS["cami2v_512" if args.variant == "cami2v" else args.variant]
     if args.frames is None:
-        args.frames = 4 if args.tiny and args.size is None else 16  # the fixture's own run: 64x64, 4 frames
-    if args.size is None:
+        # the fixture's own run: 64x64, 4 frames; the camera's cost at the released models' 16
+        args.frames = 4 if args.tiny and args.size is None and args.variant != "cami2v" else 16
+    if args.size is None and args.variant != "cami2v":  # cami2v: each model's own size unless --size
         args.size = cfg.resolution
     if args.unet_step:
         args.steps = 1
@@ -448,9 +454,98 @@ def resolve(args):
     return device, dtype
 
 
+def camera_models(args, device: torch.device, dtype: torch.dtype):
+    """(label, model, (height, width), masked levels) for --variant cami2v: the released 256 and 512 models with
+    random weights, or (--tiny) the tiny_cami2v fixture's model at their sizes and masked levels (--size: only
+    there)."""
+    from .checkpoint import load_model
+
+    tiny = None
+    if args.tiny:
+        tiny = load_model(CAMI2V_FIXTURE / "tiny_cami2v.safetensors", config=CAMI2V_FIXTURE / "tiny_cami2v.config.json",
+                          device=device, dtype=dtype)
+    for variant in ("cami2v_256", "cami2v_512"):
+        cfg = VARIANT_CONFIGS[variant]
+        model = tiny or random_model(cfg, variant, device, dtype, args.seed)
+        if args.ff_tokens is not None:
+            model.unet.ff_tokens = args.ff_tokens
+        yield variant[len("cami2v_"):], model, args.size or cfg.resolution, cfg.unet.epipolar.masked_ds
+        del model
+
+
+def camera_cost(args) -> dict:
+    """One guided UNet step with and without CamI2V's camera (an orbit), interleaved, and the camera's preparation
+    (the pose encoder and every level's epipolar mask); medians over the repeats."""
+    from .epipolar import LATENT_STRIDE, EpipolarMasks
+    from .trajectory import preset_path
+
+    device, dtype = resolve(args)
+    out = {}
+    for label, model, (height, width), masked in camera_models(args, device, dtype):
+        h, w, frames = height // 8, width // 8, args.frames
+        generator = torch.Generator().manual_seed(args.seed)
+        d = model.config.unet.context_dim
+        context, uncond = (torch.randn(1, TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * frames, d, generator=generator)
+                           for _ in range(2))
+        concat, x_T = (torch.randn(1, 4, frames, h, w, generator=generator) for _ in range(2))
+        path = preset_path("orbit left", frames)
+        registers = model.config.unet.epipolar.registers
+
+        def prepare():
+            camera = model.encode_camera(path.intrinsics(height, width)[None], path.c2w[None], height, width,
+                                         generator=torch.Generator().manual_seed(args.seed), device=device)
+            camera.masks = EpipolarMasks(camera.masks.F, tuple(masked), registers)  # the row's model's levels
+            masks = [camera.masks(ds, height // (LATENT_STRIDE * ds), width // (LATENT_STRIDE * ds)) for ds in masked]
+            return camera, sum(m.numel() * m.element_size() for m in masks)
+
+        def step(camera):
+            return sample(model, context, uncond, concat, steps=1, cfg=args.cfg, eta=0.0, x_T=x_T, camera=camera)
+
+        times = {"plain_step": [], "camera_setup": [], "camera_step": []}
+        peaks = {k: 0 for k in times}
+        for i in range(args.warmup + args.repeats):
+            record = {}
+            with measured(record, "plain_step", device):
+                plain = step(None)
+            with measured(record, "camera_setup", device):
+                camera, mask_bytes = prepare()
+            with measured(record, "camera_step", device):
+                moved = step(camera)
+            del camera
+            if i >= args.warmup:
+                for k in times:
+                    times[k].append(record[k]["s"])
+                    peaks[k] = max(peaks[k], record[k]["peak_bytes"])
+        median = {k: statistics.median(v) for k, v in times.items()}
+        out[label] = {
+            "size": [height, width], "frames": frames, "masked_levels": list(masked),
+            **{f"{k}_s": v for k, v in median.items()}, **{f"{k}_peak_bytes": v for k, v in peaks.items()},
+            "mask_bytes": mask_bytes,
+            "extra_step_fraction": median["camera_step"] / median["plain_step"] - 1,
+            "camera_changes_output": bool((plain - moved).abs().max() > 0)}
+    return {"device": describe_device(device), "memory_kind": memory_kind(device),
+            "settings": settings(args, dtype), "camera_cost": out}
+
+
+def print_camera_cost(result: dict) -> None:
+    s = result["settings"]
+    print(f"CamI2V camera cost on {result['device']}: one guided step (cfg {s['cfg']}, {s['dtype']}), "
+          f"median of {s['repeats']} after {s['warmup']} warm-up")
+    print(f"  {'model':<6} {'size':>9} {'frames':>6} {'plain s':>9} {'camera s':>9} {'extra':>7} {'setup s':>8} "
+          f"{'plain peak':>11} {'camera peak':>12} {'masks':>10}")
+    for label, c in result["camera_cost"].items():
+        print(f"  {label:<6} {c['size'][0]:>4}x{c['size'][1]:<4} {c['frames']:>6} {c['plain_step_s']:>9.3f} "
+              f"{c['camera_step_s']:>9.3f} {c['extra_step_fraction']:>+7.1%} {c['camera_setup_s']:>8.3f} "
+              f"{gib(c['plain_step_peak_bytes']):>11} {gib(c['camera_step_peak_bytes']):>12} "
+              f"{gib(c['mask_bytes']):>10}")
+    print(f"  memory: {result['memory_kind']}; masks: the epipolar masks of the masked levels, kept for the run")
+
+
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.variant == "cami2v":
+        return camera_cost(args)
     device, dtype = resolve(args)
     model = build_model(args, device, dtype)
     cfg = model.config
@@ -483,7 +578,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     result = run(args)
-    print_table(result)
+    (print_camera_cost if "camera_cost" in result else print_table)(result)
     line = json.dumps(result)
     if args.json:
         args.json.write_text(line + "\n")

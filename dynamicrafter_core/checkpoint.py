@@ -7,6 +7,7 @@ MLP, and `IGNORED` lists what the original also loads but never uses.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import pickle
@@ -30,6 +31,7 @@ PREFIXES = {
     "image_proj_model.": "query_transformer",
     "cond_stage_model.model.": "text_encoder",
     "embedder.model.visual.": "image_encoder.visual",
+    "pose_encoder.": "pose_encoder",  # CamI2V's camera encoder
 }
 
 LEGACY_NAMES = {"model.diffusion_model.framestride_embed.": "model.diffusion_model.fps_embedding."}
@@ -63,9 +65,13 @@ class _SafetensorsFile(Mapping):
 
         self._file = safe_open(str(path), framework="pt", device="cpu")
         self._keys = list(self._file.keys())
+        self._key_set = set(self._keys)
 
     def __getitem__(self, key):
         return self._file.get_tensor(key)
+
+    def __contains__(self, key):  # Mapping's would read the tensor, and safetensors raises its own error for a miss
+        return key in self._key_set
 
     def __iter__(self):
         return iter(self._keys)
@@ -198,6 +204,8 @@ def _any(keys: Iterable[str], pattern: str) -> bool:
 def looks_like(keys: Iterable[str]) -> str:
     """A short guess at what model a state dict belongs to, for error messages."""
     keys = list(keys)
+    if _any(keys, r"^pose_encoder\.") and _any(keys, r"\.epipolar\.epipolar_attn\."):
+        return "a CamI2V checkpoint (camera-controlled DynamiCrafter)"
     if _any(keys, r"^model\.diffusion_model\..*temopral_conv"):
         if _any(keys, r"^first_stage_model\.decoder\.attn_refinement"):
             return "a ToonCrafter checkpoint"
@@ -236,6 +244,10 @@ def detect_variant(keys: Iterable[str], scale_arr: Optional[torch.Tensor] = None
             raise ConfigError(f"unknown variant override {override!r}; use one of {', '.join(VARIANTS)} or 'auto'")
     if _any(keys, r"^first_stage_model\.decoder\.(attn_refinement|.*time_stack)"):
         return "tooncrafter", "ToonCrafter dual-reference decoder keys"
+    if _any(keys, r"^pose_encoder\."):
+        if _any(keys, r"^model\.diffusion_model\..*attn2\.alpha$"):
+            return "cami2v_256", "CamI2V camera keys (`pose_encoder.*`) and image-gate `alpha` keys (256 model)"
+        return "cami2v_512", "CamI2V camera keys (`pose_encoder.*`), no image-gate `alpha` keys (512 model)"
     if _any(keys, r"^model\.diffusion_model\..*attn2\.alpha$"):
         return "256", "learnable image-gate `alpha` keys (256 model)"
     hint = name_hint.lower()
@@ -316,7 +328,7 @@ def assign_weights(target: nn.Module, layout: nn.Module, prefix: str, sd: StateD
 
 def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, str, Path, ModelConfig] = None,
                device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = torch.float32,
-               variant: Optional[str] = None, ops=nn) -> DynamiCrafter:
+               variant: Optional[str] = None, ops=nn, base: Union[None, str, Path, StateDict] = None) -> DynamiCrafter:
     """Build DynamiCrafter from a checkpoint file (.safetensors / .ckpt) or a state dict.
 
     config:  the original inference yaml's `model:` section (dict, path, or ModelConfig); by default a sidecar
@@ -324,6 +336,9 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
     device:  where the weights go; "meta" builds shapes only.
     dtype:   the weights' dtype (None keeps what the file stores).
     variant: "auto"/None, or an override ("512" vs "512_interp" cannot be told from the weights).
+    base:    a DynamiCrafter checkpoint (path or state dict) under `source`: the file's tensors replace or add to the
+             base's. RealCam-I2V's files hold only the camera weights and load this way, on the DynamiCrafter model
+             of their size (their depth_predictor.* is not used).
     """
     path = None
     if isinstance(source, (str, Path)):
@@ -336,8 +351,20 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
     else:
         raise CheckpointError(f"load_model takes a file path or a state dict, not {type(source).__name__}")
     device = torch.device(device)
+    if base is not None:
+        base_sd = read_state_dict(base) if isinstance(base, (str, Path)) else base
+        if not isinstance(base_sd, Mapping):
+            raise CheckpointError(f"base must be a file path or a state dict, not {type(base).__name__}")
+        sd = collections.ChainMap(dict(sd), base_sd)  # the file's tensors win
+        what = f"{what} on {'base ' + Path(base).name if isinstance(base, (str, Path)) else 'a base state dict'}"
 
     names = rename_legacy(sd)  # current name -> name in the file
+    if base is None and any(k.startswith("pose_encoder.") for k in names) and not any(
+            "temopral_conv" in k for k in names):
+        raise CheckpointError(
+            f"{what} holds only camera weights (pose_encoder.*, the epipolar layers: a RealCam-I2V file): it loads on "
+            "top of the DynamiCrafter checkpoint of its size; pass that file as the base (dynamicrafter_256_v1.ckpt "
+            "for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*)")
     if not any(k.startswith("model.diffusion_model.") for k in names) or not any(
             "temopral_conv" in k for k in names):
         raise CheckpointError(
@@ -373,6 +400,8 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
         layout = model if ops is nn else DynamiCrafter(cfg, with_text_encoder=False, with_image_encoder=False)
     towers = {"text_encoder": has_text, "image_encoder.visual": has_image}  # open_clip's torch.nn, whatever `ops`
     for prefix, attr in PREFIXES.items():
+        if attr == "pose_encoder" and model.pose_encoder is None:
+            continue  # a camera-free model: a file's pose encoder is refused with its epipolar layers by the UNet's check
         if towers.get(attr, True):
             target = model.get_submodule(attr)
             reference = target if attr in towers else layout.get_submodule(attr)

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Union
 
 from .errors import ConfigError
 
-VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter")
+VARIANTS = ("256", "512", "1024", "512_interp", "tooncrafter", "cami2v_256", "cami2v_512")
+
+
+@dataclass(frozen=True)
+class EpipolarConfig:
+    """CamI2V's `epipolar_config`: the epipolar attention added to the camera-aware temporal blocks."""
+    registers: int = 4  # num_register_tokens: learned tokens every query may attend to
+    # attention_resolution: the UNet levels (downsampling 1, 2, 4, 8) whose epipolar attention is masked; the others
+    # attend to every token of every frame (the 512 model leaves its finest level, 40x64, unmasked)
+    masked_ds: tuple = (8, 4, 2, 1)
+    perturb_zero_translation: bool = True  # add_small_perturbation_on_zero_T
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,20 @@ class UNetConfig:
     addition_attention: bool = True  # the `init_attn` temporal transformer after the first conv
     temporal_conv: bool = True
     temporal_attention: bool = True
+    # CamI2V: the temporal blocks (all but init_attn's width) also take the camera; None for plain DynamiCrafter
+    epipolar: Optional[EpipolarConfig] = None
+
+
+@dataclass(frozen=True)
+class PoseEncoderConfig:
+    """CamI2V's `pose_encoder_config.params` (CameraPoseEncoder, as CamI2V's released models build it)."""
+    channels: tuple = (320, 640, 1280, 1280)  # one per UNet level: the UNet's widths
+    blocks: int = 2  # nums_rb
+    cin: int = 384  # 6 Plücker channels x downscale²
+    downscale: int = 8  # downscale_factor: PixelUnshuffle to the latent size
+    ksize: int = 1
+    heads: int = 8  # temporal_attention_nhead
+    max_frames: int = 16  # temporal_position_encoding_max_len
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,7 @@ class ModelConfig:
     text_encoder: ClipConfig = field(default_factory=ClipConfig)
     image_encoder: ClipConfig = field(default_factory=ClipConfig)
     query_transformer: QueryTransformerConfig = field(default_factory=QueryTransformerConfig)
+    pose_encoder: Optional[PoseEncoderConfig] = None  # CamI2V's camera encoder
 
     @property
     def resolution(self) -> tuple:
@@ -125,6 +150,9 @@ SAMPLING_DEFAULTS = {
     "1024": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7),
     "512_interp": SamplingDefaults(fs=5, spacing="uniform_trailing", guidance_rescale=0.7),
     "tooncrafter": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7),
+    # CamI2V's demo (cami2v_gradio_app.py): 25 steps, cfg 5.5, frame stride 2; the 512 model's fps by its default_fs
+    "cami2v_256": SamplingDefaults(fs=2, spacing="uniform_trailing", guidance_rescale=0.7, steps=25, cfg=5.5),
+    "cami2v_512": SamplingDefaults(fs=10, spacing="uniform_trailing", guidance_rescale=0.7, steps=25, cfg=5.5),
 }
 
 _VIT_H_14 = {
@@ -136,6 +164,11 @@ _VIT_H_14 = {
 
 def _released(variant: str) -> ModelConfig:
     clip = ClipConfig(arch=copy.deepcopy(_VIT_H_14))
+    if variant.startswith("cami2v_"):  # configs/inference/003_cami2v_{256x256,512x320}.yaml: the base model + camera
+        base = _released(variant[len("cami2v_"):])
+        epipolar = EpipolarConfig() if variant == "cami2v_256" else EpipolarConfig(masked_ds=(8, 4, 2))
+        unet = replace(base.unet, epipolar=epipolar, default_fs=base.unet.default_fs if variant == "cami2v_256" else 10)
+        return replace(base, unet=unet, pose_encoder=PoseEncoderConfig())
     if variant == "256":
         return ModelConfig(parameterization="eps", rescale_betas_zero_snr=False, use_dynamic_rescale=False,
                            latent_size=(32, 32),
@@ -231,8 +264,10 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
         model_section = model_section["model"]
     p = _params(model_section, "model")
     target = str(model_section.get("target", "lvdm.models.ddpm3d.LatentVisualDiffusion"))
-    if not target.endswith("LatentVisualDiffusion"):
-        raise ConfigError(f"the configuration builds {target!r}; only DynamiCrafter's LatentVisualDiffusion is supported")
+    camera = target.endswith("CamI2V")
+    if not (target.endswith("LatentVisualDiffusion") or camera):
+        raise ConfigError(f"the configuration builds {target!r}; only DynamiCrafter's LatentVisualDiffusion and "
+                          "CamI2V's CamI2V are supported")
     if p.get("conditioning_key", "hybrid") != "hybrid":
         raise ConfigError(f"conditioning_key {p.get('conditioning_key')!r} is not supported (DynamiCrafter uses 'hybrid')")
 
@@ -243,6 +278,10 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
     if unet_p.get("num_head_channels", -1) in (-1, None):
         raise ConfigError("unet_config must set num_head_channels (every released model uses 64)")
     unet = UNetConfig(**_pick(UNetConfig, unet_p, tuples=("attention_resolutions", "channel_mult")))
+    pose_encoder = None
+    if camera:
+        pose_encoder, epipolar = _camera_configs(p)
+        unet = replace(unet, epipolar=epipolar)
 
     vae_section = p.get("first_stage_config")
     vae_p = _params(vae_section, "first_stage_config")
@@ -276,4 +315,38 @@ def from_original(model_section: Union[dict, str, Path]) -> ModelConfig:
                           f"{MAX_TIMESTEPS} steps (the released models use 1000); check the configuration")
     if top["parameterization"] not in ("eps", "v"):
         raise ConfigError(f"parameterization {top['parameterization']!r} is not supported (use 'eps' or 'v')")
-    return ModelConfig(unet=unet, vae=vae, text_encoder=text, image_encoder=image, query_transformer=qt, **top)
+    return ModelConfig(unet=unet, vae=vae, text_encoder=text, image_encoder=image, query_transformer=qt,
+                       pose_encoder=pose_encoder, **top)
+
+
+# CameraPoseEncoder options: the value CamI2V's released models use (anything else is another architecture)
+_CAMERA_FIXED = {"sk": True, "use_conv": False, "compression_factor": 1, "temporal_position_encoding": True,
+                 "attention_block_types": ["Temporal_Self"]}
+_EPIPOLAR_FIXED = {"is_3d_full_attn": False, "apply_epipolar_soft_mask": False, "epipolar_hybrid_attention": False,
+                   "epipolar_hybrid_attention_v2": False, "only_self_pixel_on_current_frame": False,
+                   "current_frame_as_register_token": False, "only_on_cond_frame": False, "compression_factor": 1}
+
+
+def _camera_configs(p: dict) -> tuple[PoseEncoderConfig, EpipolarConfig]:
+    """CamI2V's `pose_encoder_config` and `epipolar_config` (model.params of configs/inference/003_cami2v_*.yaml)."""
+    add_type = p.get("add_type", "add_into_temporal_attn")
+    if add_type != "add_to_main_branch":
+        raise ConfigError(f"CamI2V add_type {add_type!r} is not supported (the released models use "
+                          "'add_to_main_branch')")
+    enc = _params(p.get("pose_encoder_config"), "pose_encoder_config")
+    epi = p.get("epipolar_config")
+    if epi is None:
+        raise ConfigError("the CamI2V configuration has no `epipolar_config` section")
+    for section, fixed in ((enc, _CAMERA_FIXED), (epi, _EPIPOLAR_FIXED)):
+        for key, released in fixed.items():
+            if key in section and section[key] != released:
+                raise ConfigError(f"CamI2V option `{key}: {section[key]!r}` is not supported (the released models use "
+                                  f"{released!r})")
+    pose = PoseEncoderConfig(channels=tuple(enc.get("channels", (320, 640, 1280, 1280))), blocks=enc.get("nums_rb", 3),
+                             cin=enc.get("cin", 64), downscale=enc["downscale_factor"], ksize=enc.get("ksize", 3),
+                             heads=enc.get("temporal_attention_nhead", 8),
+                             max_frames=enc.get("temporal_position_encoding_max_len", 16))
+    epipolar = EpipolarConfig(registers=epi.get("num_register_tokens", 0),
+                              masked_ds=tuple(epi.get("attention_resolution", (8, 4, 2, 1))),
+                              perturb_zero_translation=epi.get("add_small_perturbation_on_zero_T", False))
+    return pose, epipolar

@@ -10,9 +10,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from . import camera as cam
 from .config import SAMPLING_DEFAULTS, ModelConfig, SamplingDefaults
 from .context import ImageEncoder, QueryTransformer, TextEncoder
+from .epipolar import CameraFeatures, EpipolarMasks
 from .errors import InputError, MissingEncoderError, NumericalError
+from .pose_encoder import PoseEncoder
 from .sampler import NoiseSchedule
 from .unet import UNet
 from .vae import AutoencoderKL, sample_posterior
@@ -45,6 +48,7 @@ class DynamiCrafter(nn.Module):
         self.query_transformer = QueryTransformer(cfg.query_transformer, ops=ops)
         self.text_encoder = TextEncoder(cfg.text_encoder) if with_text_encoder else None
         self.image_encoder = ImageEncoder(cfg.image_encoder) if with_image_encoder else None
+        self.pose_encoder = PoseEncoder(cfg.pose_encoder, ops=ops) if cfg.pose_encoder is not None else None
         self.schedule = NoiseSchedule.from_config(cfg)
         self.variant = "512"
         self.variant_source = "default"
@@ -76,7 +80,8 @@ class DynamiCrafter(nn.Module):
         """Low-memory mode: only the networks of `stage` on `device`, the others on the CPU. "encode": the CLIP
         towers and the Query Transformer (2 GB in bf16); "sample": the UNet (2.9 GB). The VAE stays where it is."""
         encoders = [m for m in (self.text_encoder, self.image_encoder, self.query_transformer) if m is not None]
-        wanted, spare = (encoders, [self.unet]) if stage == "encode" else ([self.unet], encoders)
+        samplers = [m for m in (self.unet, self.pose_encoder) if m is not None]
+        wanted, spare = (encoders, samplers) if stage == "encode" else (samplers, encoders)
         for module in spare:
             module.to("cpu")
         for module in wanted:
@@ -116,6 +121,40 @@ class DynamiCrafter(nn.Module):
                              "the released models)")
         qt = self.query_transformer
         return qt(clip_tokens.to(device or weights_device(qt)))
+
+    # -- the camera (CamI2V) ----------------------------------------------------------------------------------
+
+    @property
+    def takes_camera(self) -> bool:
+        return self.pose_encoder is not None
+
+    @torch.no_grad()
+    def encode_camera(self, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+                      cond_frame: Optional[int] = 0,
+                      translation_scale: float = 1.0, t_pairs: Optional[torch.Tensor] = None,
+                      generator: Optional[torch.Generator] = None, device=None) -> CameraFeatures:
+        """A camera path -> what the UNet's camera-aware blocks read (original: `get_batch_input_camera_condition_
+        process`). K (B, T, 3, 3): intrinsics in pixels of the height x width video; c2w (B, T, 4, 4): camera-to-world
+        poses, made relative to frame `cond_frame` here (None: they already are, to the image's camera, as a context
+        window's frames are). t_pairs: the pairs' translations after the zero-translation perturbation, to reproduce
+        a given run; else drawn from `generator`."""
+        if self.pose_encoder is None:
+            raise InputError(f"this model is DynamiCrafter {self.variant}, without camera control; load a CamI2V "
+                             "checkpoint (256_cami2v.pt, 512_cami2v_50k.pt, ...) to follow a camera path")
+        epi = self.config.unet.epipolar
+        dev = device or weights_device(self.pose_encoder)
+        K, c2w = K.to(dev, torch.float32), c2w.to(dev, torch.float32)
+        rel = c2w if cond_frame is None else cam.relative_poses(c2w, cond_frame, translation_scale)
+        rays = cam.plucker_rays(K, rel, height, width)
+        dtype = self.pose_encoder.encoder_conv_in.weight.dtype
+        features = [f.float() for f in self.pose_encoder(rays.to(dtype))]
+        pairs = cam.pose_pairs(rel)
+        if t_pairs is None:
+            t_pairs = pairs[..., :3, 3:4]
+            if epi.perturb_zero_translation:
+                t_pairs = cam.perturb_zero_translations(t_pairs, generator)
+        F = cam.fundamental_matrices(K, pairs[..., :3, :3], t_pairs.to(dev, torch.float32))
+        return CameraFeatures(features, EpipolarMasks(F, tuple(epi.masked_ds), epi.registers))
 
     # -- the visual detail guidance (VAE) ----------------------------------------------------------------------
 

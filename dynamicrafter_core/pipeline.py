@@ -17,6 +17,8 @@ from typing import Optional, Union
 import torch
 
 from .controlnet import LATENT_SCALE, ControlNet, check_hint
+from .epipolar import CameraFeatures
+from .trajectory import CameraPath
 from .errors import InputError, NumericalError
 from .model import DynamiCrafter, check_finite, weights_device
 from .noise import generator as seed_generator
@@ -42,7 +44,8 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
            text_uncond_context: Optional[torch.Tensor] = None, callback: Optional[StepCallback] = None,
            batch_branches: bool = True, device: Union[str, torch.device, None] = None,
            control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
-           control_scale: float = DEFAULT_CONTROL_SCALE) -> torch.Tensor:
+           control_scale: float = DEFAULT_CONTROL_SCALE, camera: Optional[CameraFeatures] = None,
+           camera_cfg: float = 1.0, camera_cfg_schedule: str = "constant") -> torch.Tensor:
     """DDIM sampling of DynamiCrafter latents (B, 4, T, h, w).
 
     context / uncond_context: (B, 77 + 16 T, D); concat: (B, 4, T, h, w) visual detail guidance latents.
@@ -54,6 +57,9 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
     (B or 1, 1, T, 8h, 8w) in [0, 1], white lines on black. At every step, in every guidance branch, the ControlNet
     sees the noisy latents x_t, the hint, t and that branch's context, and its residuals enter that branch's UNet call
     times `control_scale` (0 to 2; 0 gives the video without the sketch; the sketch fork's default is 0.6).
+    camera: CamI2V's camera (`model.encode_camera`), seen by every guidance branch, as the original's sampler gives
+    it to the unconditional one too; camera_cfg != 1 adds a pass without it (CamI2V's camera guidance, off by
+    default), weighted "constant" or "cosine" over the timesteps.
     """
     check_steps(steps, model.schedule.num_timesteps)
     check_eta(eta)
@@ -85,11 +91,26 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
 
     concat = concat.to(dev, torch.float32)
     unet = model.unet
+    if camera is not None:
+        check_number("camera_cfg", camera_cfg, 1.0, 10.0, "how much more the camera path is followed than the model "
+                     "would; 1 (the default) leaves it out, CamI2V's demo offers 1 to 4")
+        camera = CameraFeatures([f.to(dev) for f in camera.features],
+                                camera.masks.to(dev) if camera.masks is not None else None)
+        unet.check_camera(camera, b, t, h, w)
+    elif camera_cfg != 1.0:
+        raise InputError("camera_cfg is the camera's guidance scale; give a camera, or leave camera_cfg at 1")
 
-    def model_fn(x, t, ctx):
+    def with_camera(n):
+        if camera is None or n == 1 or camera.features[0].shape[0] == 1:
+            return camera  # a batch-1 camera broadcasts over the guidance branches
+        return CameraFeatures([f.repeat(n, 1, 1, 1, 1) for f in camera.features], camera.masks)
+
+    def model_fn(x, t, ctx, use_camera=True):
         n = x.shape[0] // b
         xc = torch.cat([x, concat.repeat(n, 1, 1, 1, 1)], dim=1)
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=dev)
+        if camera is not None:
+            return unet(xc, tt, ctx, fs.repeat(n), camera=with_camera(n) if use_camera else None)
         if not guide:
             return unet(xc, tt, ctx, fs.repeat(n))
         # the sketch fork's apply_model: the ControlNet on x_t (not the concat), each branch with its own context
@@ -103,7 +124,8 @@ def sample(model: DynamiCrafter, context: torch.Tensor, uncond_context: Optional
                  "the text or image encoder's weights are damaged, or it overflowed in float16")
     check_finite("the visual detail guidance latents", [concat],
                  "the VAE encoder's weights are damaged, or it overflowed in float16")
-    denoiser = cfg_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches)
+    denoiser = cfg_denoiser(model_fn, ctx, unc, cfg, guidance_rescale, image_cfg, tunc, batch_branches,
+                            camera_cfg, camera_cfg_schedule, lambda x, t, c: model_fn(x, t, c, use_camera=False))
     timesteps = ddim_timesteps(steps, spacing, model.schedule.num_timesteps)
 
     def watch(step: dict) -> None:
@@ -333,7 +355,7 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
             image_cfg: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
             fit: str = "crop", callback: Optional[StepCallback] = None, low_memory: bool = False,
             control: Optional[ControlNet] = None, hint: Optional[torch.Tensor] = None,
-            control_scale: float = 0.6) -> torch.Tensor:
+            control_scale: float = 0.6, camera: Optional[CameraPath] = None, camera_cfg: float = 1.0) -> torch.Tensor:
     """A still image (B, C, H, W) in [-1, 1] -> video frames (T, H, W, 3) in [0, 1] (B*T frames for B images).
 
     mode: "i2v" (image to video), "interpolation" (start -> end_image), "loop" (start -> start, the repeated last
@@ -341,7 +363,9 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     ToonCrafter interpolates only ("interpolation" or "loop"); its decoder takes the keyframes' encoder features, and
     `control` (load_controlnet) with `hint` (B, 1, T, H, W) in [0, 1], one sketch per frame, guides it by sketches.
     low_memory: keep only the networks in use on the device (the encoders, then the UNet; the rest waits on the CPU)
-    and run the guidance branches one after the other. The same video, with less GPU memory and some transfers."""
+    and run the guidance branches one after the other. The same video, with less GPU memory and some transfers.
+    camera: a CamI2V model's camera path (trajectory.camera_path / preset_path / read_pose_file), its first `frames`
+    poses, relative to the image's frame; camera_cfg > 1 follows it more strongly (a third guidance pass)."""
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "interpolation" and end_image is None:
@@ -350,6 +374,8 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
         raise InputError(f"{mode} needs an interpolation checkpoint (DynamiCrafter 512_interp); the loaded model is "
                          f"{model.variant}. Download dynamicrafter_512_interp_v1.ckpt, or pass variant='512_interp' "
                          "if this file is the interpolation model under another name.")
+    if camera is not None and mode != "i2v":
+        raise InputError(f"a camera path animates one image (mode 'i2v'); CamI2V has no {mode} mode")
     if mode == "i2v" and model.variant == "tooncrafter":
         raise InputError(TOONCRAFTER_I2V)
     check_frames(frames)
@@ -392,10 +418,17 @@ def animate(model: DynamiCrafter, image: torch.Tensor, prompt: str = "", end_ima
     references = model.encode_references(start, end) if model.config.vae.dual_reference else None
     if low_memory:
         model.place("sample", home)
+    features = None
+    if camera is not None:
+        path = camera.fitted(frames)
+        # the zero-translation perturbation from a generator of its own: the run's noise stays as without a camera
+        features = model.encode_camera(path.intrinsics(height, width)[None], path.c2w[None], height, width,
+                                       generator=seed_generator(seed))
     latents = sample(model, cond.context, cond.uncond_context, concat, steps=steps, cfg=cfg, eta=eta,
                      guidance_rescale=guidance_rescale, spacing=spacing, fs=fs, generator=generator,
                      image_cfg=image_cfg, text_uncond_context=cond.text_uncond_context, callback=callback,
-                     batch_branches=not low_memory, control=control, hint=hint, control_scale=control_scale)
+                     batch_branches=not low_memory, control=control, hint=hint, control_scale=control_scale,
+                     camera=features, camera_cfg=camera_cfg)
     video = model.decode_latents(latents, references=references)
     if mode == "loop":
         video = video[:, :, :-1]  # the last frame repeats the first (the original drops it after decoding)

@@ -17,6 +17,7 @@ applied inside the step, after guidance, leaving eps as it was (as the original 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -28,6 +29,7 @@ from .errors import InputError
 from .settings import check_eta, check_steps
 
 SPACINGS = ("uniform", "uniform_trailing")
+CAMERA_CFG_SCHEDULES = ("constant", "cosine")  # CamI2V's camera_cfg_scheduler
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 StepCallback = Callable[[dict], None]
@@ -119,7 +121,8 @@ def rescale_cfg(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.T
 def cfg_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor], context: torch.Tensor,
                  uncond_context: Optional[torch.Tensor], cfg: float, guidance_rescale: float = 0.0,
                  image_cfg: Optional[float] = None, text_uncond_context: Optional[torch.Tensor] = None,
-                 batch_branches: bool = True) -> Denoiser:
+                 batch_branches: bool = True, camera_cfg: float = 1.0, camera_cfg_schedule: str = "constant",
+                 nocam_fn: Optional[Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]] = None) -> Denoiser:
     """Classifier-free guidance around `model_fn(x, t, context)`.
 
     Two branches:   m = m_u + cfg (m_c - m_u)
@@ -128,7 +131,16 @@ def cfg_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Ten
                     m = m_uu + image_cfg (m_u,img - m_uu) + cfg (m_c - m_u,img)
     then, with guidance_rescale phi > 0, rescale_cfg(m, m_c, phi). cfg == 1 calls the model once.
     The branches run as one batch unless `batch_branches` is False (less memory, same result).
+    CamI2V's camera guidance (`camera_cfg` != 1, `nocam_fn` the model without the camera), before the rescale:
+                    m += (camera_cfg - 1) w(t) (m_c - m_c,nocam),  w = 1 or, "cosine", cos((1 - t/999) π/2)
     """
+    if camera_cfg != 1.0:
+        if nocam_fn is None or uncond_context is None or cfg == 1.0:
+            raise InputError("camera guidance (camera_cfg != 1) needs classifier-free guidance (cfg != 1) and a "
+                             "camera; set camera_cfg to 1")
+        if camera_cfg_schedule not in CAMERA_CFG_SCHEDULES:
+            raise InputError(f"unknown camera_cfg_schedule {camera_cfg_schedule!r}; use one of "
+                             f"{', '.join(CAMERA_CFG_SCHEDULES)}")
     if cfg == 1.0 or uncond_context is None:
         return lambda x, t: model_fn(x, t, context)
     contexts = [context, uncond_context]
@@ -145,6 +157,9 @@ def cfg_denoiser(model_fn: Callable[[torch.Tensor, int, torch.Tensor], torch.Ten
         else:
             outs = [model_fn(x, t, c) for c in contexts]
         m = combine_cfg(outs, cfg, image_cfg if three else None)
+        if camera_cfg != 1.0:
+            weight = 1.0 if camera_cfg_schedule == "constant" else math.cos((1.0 - t / 999) * math.pi / 2)
+            m = m + (camera_cfg - 1.0) * weight * (outs[0] - nocam_fn(x, t, context))
         return rescale_cfg(m, outs[0], guidance_rescale) if guidance_rescale > 0 else m
 
     return denoise

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .attention import attention
 from .config import UNetConfig
+from .epipolar import CameraFeatures, Epipolar
 from .errors import InputError
 
 TEXT_TOKENS = 77
@@ -151,6 +152,33 @@ class BasicTransformerBlock(nn.Module):
         return self.ff(self.norm3(x), ff_tokens) + x
 
 
+class CameraTransformerBlock(BasicTransformerBlock):
+    """CamI2V's temporal block (`cami2v_modified_modules.py`, add_type add_to_main_branch). With a camera, n = norm1(x)
+    and f the level's pose feature:
+
+        x + pluker_projection(n + f) + epipolar(n + f) + attn1(n)
+
+    then attn2 and the feed-forward as before; without one it is the plain block (the released weights keep working as
+    DynamiCrafter's)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, registers: int, ops=nn):
+        super().__init__(dim, heads, dim_head, ops=ops)
+        self.pluker_projection = ops.Linear(dim, dim)
+        self.epipolar = Epipolar(dim, heads, registers, ops=ops)
+
+    def forward(self, x, context=None, ff_tokens: int = 0, camera=None):
+        """camera: (feature (B or 1, C, T, h, w), mask, batch B, h, w) for tokens x (B h w, T, C), or None."""
+        if camera is None:
+            return super().forward(x, context, ff_tokens)
+        feature, mask, batch, h, w = camera
+        n = self.norm1(x)
+        f = feature.to(n.dtype).expand(batch, -1, -1, -1, -1).permute(0, 3, 4, 2, 1).reshape(n.shape)
+        nf = n + f
+        x = self.pluker_projection(nf) + self.epipolar(nf, batch, h, w, mask) + self.attn1(n) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x), ff_tokens) + x
+
+
 class SpatialTransformer(nn.Module):
     """Per-frame transformer over the H*W tokens, cross-attending to text and per-frame image context
     (`whole_context`: to the whole context as one sequence, as Stable Diffusion's does)."""
@@ -180,15 +208,20 @@ class TemporalTransformer(nn.Module):
     """Transformer over the T frames of each spatial position; both attentions are self-attention, with no
     positional encoding and no mask. Its GroupNorm takes statistics over all frames together.
 
-    `conv_proj` selects the 1x1 Conv1d projections of `init_attn` (the per-level blocks use Linear)."""
+    `conv_proj` selects the 1x1 Conv1d projections of `init_attn` (the per-level blocks use Linear).
+    `camera_registers` (CamI2V): its block is camera-aware, with that many epipolar register tokens."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, conv_proj: bool = False, ops=nn):
+    def __init__(self, channels: int, heads: int, dim_head: int, conv_proj: bool = False, ops=nn,
+                 camera_registers: Optional[int] = None):
         super().__init__()
         inner = heads * dim_head
         self.conv_proj = conv_proj
+        self.camera = camera_registers is not None
         self.norm = ops.GroupNorm(32, channels, eps=1e-6)
         self.proj_in = ops.Conv1d(channels, inner, 1) if conv_proj else ops.Linear(channels, inner)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, ops=ops)])
+        block = (CameraTransformerBlock(inner, heads, dim_head, camera_registers, ops=ops) if self.camera
+                 else BasicTransformerBlock(inner, heads, dim_head, ops=ops))
+        self.transformer_blocks = nn.ModuleList([block])
         self.proj_out = ops.Conv1d(inner, channels, 1) if conv_proj else ops.Linear(inner, channels)
 
     def _project(self, layer, tokens):
@@ -196,8 +229,9 @@ class TemporalTransformer(nn.Module):
             return layer(tokens.transpose(1, 2)).transpose(1, 2)
         return layer(tokens)
 
-    def forward(self, x, batch_size: int, ff_tokens: Optional[int] = None):
-        """x: (B*T, C, H, W) as the spatial layers hold it; returns the same shape and memory format."""
+    def forward(self, x, batch_size: int, ff_tokens: Optional[int] = None, camera=None):
+        """x: (B*T, C, H, W) as the spatial layers hold it; returns the same shape and memory format. camera: the
+        level's (pose feature, epipolar mask) for a camera-aware block, or None."""
         bt, c, h, w = x.shape
         b, t = batch_size, bt // batch_size
         frames = x.view(b, t, c, h, w)
@@ -206,7 +240,10 @@ class TemporalTransformer(nn.Module):
         tokens = self._project(self.proj_in, tokens)
         limit = ff_token_limit(ff_tokens, tokens)
         for block in self.transformer_blocks:
-            tokens = block(tokens, None, limit)
+            if self.camera and camera is not None:
+                tokens = block(tokens, None, limit, (*camera, b, h, w))
+            else:
+                tokens = block(tokens, None, limit)
         tokens = self._project(self.proj_out, tokens)
         # the residual sum writes the (B, H, W, T, C) tokens back in x's layout in one pass
         return (frames + tokens.view(b, h, w, t, c).permute(0, 3, 4, 1, 2)).view(bt, c, h, w)
@@ -321,14 +358,18 @@ def store_fp8(module: nn.Module, compute_dtype: torch.dtype) -> None:
 class UNetBlock(nn.ModuleList):
     """One entry of input_blocks / middle_block / output_blocks: layers applied in order, each with what it needs."""
 
-    def forward(self, x, emb, context, batch_size: int, ff_tokens: Optional[int] = None):
+    @property
+    def takes_camera(self) -> bool:
+        return any(isinstance(layer, TemporalTransformer) and layer.camera for layer in self)
+
+    def forward(self, x, emb, context, batch_size: int, ff_tokens: Optional[int] = None, camera=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, batch_size)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context, ff_tokens)
             elif isinstance(layer, TemporalTransformer):
-                x = layer(x, batch_size, ff_tokens)
+                x = layer(x, batch_size, ff_tokens, camera)
             else:
                 x = layer(x)
         return x
@@ -360,6 +401,8 @@ class UNet(nn.Module):
         emb_dim = mc * 4
         hc = cfg.num_head_channels
         gate = cfg.image_cross_attention_scale_learnable
+        # CamI2V makes every temporal block camera-aware whose width differs from init_attn's (8 heads of hc)
+        registers = cfg.epipolar.registers if cfg.epipolar is not None else None
         self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim), nn.SiLU(), ops.Linear(emb_dim, emb_dim))
         if cfg.fs_condition:
             self.fps_embedding = nn.Sequential(ops.Linear(mc, emb_dim), nn.SiLU(), ops.Linear(emb_dim, emb_dim))
@@ -369,7 +412,8 @@ class UNet(nn.Module):
             if ds in cfg.attention_resolutions:
                 layers.append(SpatialTransformer(ch_out, ch_out // hc, hc, cfg.context_dim, gate, ops=ops))
                 if cfg.temporal_attention:
-                    layers.append(TemporalTransformer(ch_out, ch_out // hc, hc, ops=ops))
+                    layers.append(TemporalTransformer(ch_out, ch_out // hc, hc, ops=ops,
+                                                      camera_registers=None if ch_out == 8 * hc else registers))
             return layers
 
         self.input_blocks = nn.ModuleList([UNetBlock([ops.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
@@ -377,21 +421,26 @@ class UNet(nn.Module):
             self.init_attn = UNetBlock([TemporalTransformer(mc, 8, hc, conv_proj=True, ops=ops)])
         skip_channels = [mc]
         ch, ds = mc, 1
+        self.input_ds, self.output_ds = [1], []  # each block's downsampling, which picks its camera feature
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 self.input_blocks.append(UNetBlock(level_layers(ch, mult * mc, ds)))
+                self.input_ds.append(ds)
                 ch = mult * mc
                 skip_channels.append(ch)
             if level != len(cfg.channel_mult) - 1:
                 self.input_blocks.append(UNetBlock([Downsample(ch, ops=ops)]))
+                self.input_ds.append(ds)
                 skip_channels.append(ch)
                 ds *= 2
+        self.middle_ds = ds
         self.skip_channels = tuple(skip_channels)  # what a ControlNet's residuals 0 .. n-1 must match
 
         middle = [ResBlock(ch, emb_dim, ch, cfg.temporal_conv, ops=ops),
                   SpatialTransformer(ch, ch // hc, hc, cfg.context_dim, gate, ops=ops)]
         if cfg.temporal_attention:
-            middle.append(TemporalTransformer(ch, ch // hc, hc, ops=ops))
+            middle.append(TemporalTransformer(ch, ch // hc, hc, ops=ops,
+                                              camera_registers=None if ch == 8 * hc else registers))
         middle.append(ResBlock(ch, emb_dim, ch, cfg.temporal_conv, ops=ops))
         self.middle_block = UNetBlock(middle)
 
@@ -399,6 +448,7 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 layers = level_layers(ch + skip_channels.pop(), mult * mc, ds)
+                self.output_ds.append(ds)
                 ch = mult * mc
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch, ops=ops))
@@ -461,6 +511,21 @@ class UNet(nn.Module):
             out.append(r * scale if scale != 1 else r)
         return out
 
+    def check_camera(self, camera: CameraFeatures, batch: int, frames: int, h: int, w: int) -> None:
+        """Refuse a camera that does not fit this UNet or this call, before any work."""
+        if self.cfg.epipolar is None:
+            raise InputError("a camera was given to a UNet without camera control; load a CamI2V checkpoint "
+                             "(256_cami2v.pt, 512_cami2v_50k.pt, ...) or leave the camera out")
+        widths = [self.cfg.model_channels * m for m in self.cfg.channel_mult]
+        if len(camera.features) != len(widths):
+            raise InputError(f"the camera has {len(camera.features)} feature levels; this UNet takes {len(widths)}")
+        for k, (f, width) in enumerate(zip(camera.features, widths)):
+            want = (width, frames, h >> k, w >> k)
+            if f.ndim != 5 or tuple(f.shape[1:]) != want or f.shape[0] not in (1, batch):
+                raise InputError(f"camera feature {k} has shape {tuple(f.shape)}; ({batch} or 1, {', '.join(map(str, want))}) "
+                                 f"is expected for {frames} frames of {h}x{w} latents: the camera was made for "
+                                 "another video size or frame count")
+
     @staticmethod
     def _add_residual(hidden: torch.Tensor, residual: Optional[torch.Tensor], k: int) -> torch.Tensor:
         if residual is None:
@@ -473,9 +538,19 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 fs: Optional[torch.Tensor] = None, control: Optional[Sequence[torch.Tensor]] = None,
-                control_scale: float = 1.0, patches: Optional[BlockPatches] = None) -> torch.Tensor:
-        """patches: a host's functions between the blocks (BlockPatches); none by default."""
+                control_scale: float = 1.0, patches: Optional[BlockPatches] = None,
+                camera: Optional[CameraFeatures] = None) -> torch.Tensor:
+        """patches: a host's functions between the blocks (BlockPatches); none by default.
+        camera (CamI2V): the pose encoder's features and the epipolar masks for the camera-aware temporal blocks; a
+        block at downsampling ds takes feature log2(ds), the middle block the last one. None: plain DynamiCrafter."""
         b, _, frames, h, w = x.shape
+        if camera is not None:
+            self.check_camera(camera, b, frames, h, w)
+
+        def level(block, ds, hidden, index=None):
+            if camera is None or not block.takes_camera:
+                return None
+            return camera.level(int(math.log2(ds)) if index is None else index, ds, hidden.shape[-2], hidden.shape[-1])
         dtype = self.dtype
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(dtype))
@@ -493,7 +568,7 @@ class UNet(nn.Module):
         patches = patches or BlockPatches()
         skips = []
         for i, block in enumerate(self.input_blocks):
-            hidden = block(hidden, emb, context, b, self.ff_tokens)
+            hidden = block(hidden, emb, context, b, self.ff_tokens, level(block, self.input_ds[i], hidden))
             if i == 0 and hasattr(self, "init_attn"):
                 hidden = self.init_attn(hidden, emb, context, b, self.ff_tokens)
             for patch in patches.after_input:
@@ -501,7 +576,8 @@ class UNet(nn.Module):
             skips.append(hidden)
             for patch in patches.after_skip:
                 hidden = patch(i, hidden)
-        hidden = self.middle_block(hidden, emb, context, b, self.ff_tokens)
+        hidden = self.middle_block(hidden, emb, context, b, self.ff_tokens,
+                                   level(self.middle_block, self.middle_ds, hidden, index=-1))
         residuals = None if control is None else self.control_residuals(control, control_scale, b, frames)
         if residuals:  # the last residual goes to the middle block's output, the others to the skips, last first
             hidden = self._add_residual(hidden, residuals.pop(), len(residuals))
@@ -511,6 +587,7 @@ class UNet(nn.Module):
                 skip = self._add_residual(skip, residuals.pop(), len(residuals))
             for patch in patches.before_output:
                 hidden, skip = patch(i, hidden, skip)
-            hidden = block(torch.cat([hidden, skip], dim=1), emb, context, b, self.ff_tokens)
+            hidden = torch.cat([hidden, skip], dim=1)
+            hidden = block(hidden, emb, context, b, self.ff_tokens, level(block, self.output_ds[i], hidden))
         out = self.out[2](F.silu(group_norm_fp32(self.out[0], hidden)))
         return out.reshape(b, frames, -1, h, w).transpose(1, 2).to(x.dtype)

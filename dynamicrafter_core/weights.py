@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 class ReleasedFile:
     variant: str
     filename: str  # the name this project asks users to save it under (ComfyUI: models/dynamicrafter/<filename>)
-    repo: str  # Hugging Face repository; every one holds a single model.ckpt
+    repo: str  # Hugging Face repository
     size: str
     resolution: str
     purpose: str
+    repo_file: str = "model.ckpt"  # the file in it (DynamiCrafter's repositories each hold a single model.ckpt)
 
     @property
     def url(self) -> str:
-        return f"https://huggingface.co/{self.repo}/resolve/main/model.ckpt"
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.repo_file}"
 
 
 RELEASED = {
@@ -41,6 +42,8 @@ RELEASED = {
                                "10.4 GB", "512x320", "interpolation between two images, and loops"),
     "tooncrafter": ReleasedFile("tooncrafter", "tooncrafter_512_interp_v1.ckpt", "Doubiiu/ToonCrafter", "10.5 GB",
                                 "512x320", "cartoon interpolation (loads; decoding not yet supported)"),
+    "cami2v_256": ReleasedFile("cami2v_256", "256_cami2v.pt", "MuteApo/CamI2V", "5.7 GB", "256x256",
+                               "image to video along a camera path (CamI2V, camera control)", repo_file="256_cami2v.pt"),
 }
 
 

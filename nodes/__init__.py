@@ -1,6 +1,7 @@
 """DynamiCrafter Animate's ComfyUI nodes. Node ids are prefixed and never renamed (saved workflows refer to them);
 display names may change."""
 from . import host
+from .camera import CameraTrajectory
 from .context import EncodeImageContext
 from .guidance import VisualDetailGuidance
 from .loader import Loader, readme
@@ -29,6 +30,7 @@ NODES = {
     "DynamiCrafterAnimate_ApplySketch": (ApplySketch, "Apply Sketch Guidance"),
     "DynamiCrafterAnimate_ContinueVideo": (ContinueVideo, "Continue Video"),
     "DynamiCrafterAnimate_ColourMatch": (ColourMatch, "Colour Match"),
+    "DynamiCrafterAnimate_CameraTrajectory": (CameraTrajectory, "Camera Trajectory"),
 }
 NODE_CLASS_MAPPINGS = {node_id: cls for node_id, (cls, _) in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {node_id: name for node_id, (_, name) in NODES.items()}

@@ -21,9 +21,9 @@ from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.sampler import effective_sigmas, exact_alphas_cumprod, prediction_from_x0, x0_from_prediction
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import memory
-from .native import (BRANCH, CONCAT, CONDITIONING_HINT, CONTROLLED, FRAME_CHECKS, FS, SNAP, FrameChecks, ScheduleTables,
-                     block_patches, carrier_dtype, cfg_denoised, control_residuals, image_negative, interp, per_row,
-                     window_rows)
+from .native import (BRANCH, CAMERA, CONCAT, CONDITIONING_HINT, CONTROLLED, FRAME_CHECKS, FS, SNAP, FrameChecks,
+                     ScheduleTables, block_patches, carrier_dtype, cfg_denoised, control_residuals, image_negative,
+                     interp, per_row, window_rows)
 
 
 class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
@@ -180,6 +180,9 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         text = kwargs.get("cross_attn_controlnet")
         if text is not None:
             out["crossattn_controlnet"] = comfy.conds.CONDCrossAttn(text)
+        if kwargs.get(CAMERA) is not None:
+            # one object for the whole video: each call picks its frames' poses (a context window's or all)
+            out[CAMERA] = comfy.conds.CONDConstant(kwargs[CAMERA])
         return out
 
     def extra_conds_shapes(self, **kwargs):
@@ -221,12 +224,15 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
             self._diffusion, self, comfy.patcher_extension.get_all_wrappers(
                 comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options))
+        camera = kwargs.get(CAMERA)
+        if camera is not None:
+            camera = camera.features(x.shape[0] // frames, frames, transformer_options, x.device)
         out = executor.execute(xc, self.model_sampling.timestep(t).float(), c_crossattn, None, control,
-                               transformer_options, fs=kwargs.get("fs"), num_video_frames=frames)
+                               transformer_options, fs=kwargs.get("fs"), num_video_frames=frames, camera=camera)
         return self.model_sampling.calculate_denoised(t, out.float(), x)
 
     def _diffusion(self, xc, timesteps, context, y=None, control=None, transformer_options={}, fs=None,
-                   num_video_frames=None):
+                   num_video_frames=None, camera=None):
         """The UNet on ComfyUI's layout: frames in the batch, (n T, 8, h, w) -> (n T, 4, h, w), one context
         and fs row per frame (the same for each frame of a video)."""
         frames = num_video_frames
@@ -234,7 +240,8 @@ class DynamiCrafterBase(comfy.model_base.BaseModel):
         x5 = xc.reshape(n, frames, *xc.shape[1:]).transpose(1, 2)
         first = slice(None, None, frames)  # one row per video
         out = self.diffusion_model(x5, timesteps[first], context[first], None if fs is None else fs[first],
-                                   control=control_residuals(control), patches=block_patches(transformer_options))
+                                   control=control_residuals(control), patches=block_patches(transformer_options),
+                                   camera=camera)
         return out.transpose(1, 2).reshape(xc.shape[0], -1, *xc.shape[2:])
 
 

@@ -76,6 +76,13 @@ def controlnet_path(name: str) -> Optional[str]:
     return folder_paths.get_full_path("controlnet", name)
 
 
+def input_directory() -> str:
+    """ComfyUI's input folder, where a relative pose file name is looked up (Camera Trajectory)."""
+    import folder_paths
+
+    return folder_paths.get_input_directory()
+
+
 def checkpoint_folders() -> list[str]:
     import folder_paths
 

@@ -26,7 +26,8 @@ FP8 = torch.float8_e4m3fn
 # patcher moves those to the GPU in place and never back, so they take the whole-module patcher, as ComfyUI's VAEs
 # with weights its casting cannot stream do (`disable_offload`).
 PATCHERS = {"unet": ("unet", True), "vae": ("vae", True), "query_transformer": ("encoders", True),
-            "text_encoder": ("encoders", False), "image_encoder": ("encoders", False)}
+            "text_encoder": ("encoders", False), "image_encoder": ("encoders", False),
+            "pose_encoder": ("unet", True)}  # CamI2V's camera encoder runs where the UNet does
 
 
 def readme() -> str:
@@ -80,7 +81,7 @@ def missing_file_message(name: str) -> str:
 
 
 class Loader:
-    DESCRIPTION = ("Loads a DynamiCrafter checkpoint (256, 512, 1024, 512 interpolation, ToonCrafter) from "
+    DESCRIPTION = ("Loads a DynamiCrafter checkpoint (256, 512, 1024, 512 interpolation, ToonCrafter, CamI2V) from "
                    "models/dynamicrafter. Its UNet, VAE and encoders are handed to ComfyUI's model management, so "
                    "they are offloaded like any other model and freed by Unload Models.")
     CATEGORY = "loaders/video_models"
@@ -135,6 +136,8 @@ class Loader:
                 continue
             if place == "encoders":
                 module.to(plan["encoders"])
+            if stage == "pose_encoder":
+                module.to(plan["unet_compute"])  # small: kept in the dtype it computes in
             if stage == "unet":
                 module = host.diffusion_model(core)
             patchers[stage] = host.model_patcher(module, *devices[place], streaming=streaming)

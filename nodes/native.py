@@ -38,6 +38,7 @@ SEED_DRAWS = "dynamicrafter_draws"  # the shapes the conditioning drew from the 
 # keys of its LATENT, which SamplerCustomAdvanced and KSampler pass on to their output
 LOOP = "dynamicrafter_loop"  # the last frame repeats the first: Decode drops it
 REFERENCES = "dynamicrafter_references"  # ToonCrafter: the keyframes' features for its decoder
+CAMERA = "dynamicrafter_camera"  # CamI2V: the camera path (CameraCond), in both conditionings
 
 SNAP = 1e-4  # timesteps this close to an integer are that timestep
 CONDITIONING_HINT = ("connect DynamiCrafter Conditioning's positive and negative outputs (directly, or through "
@@ -119,6 +120,33 @@ class FrameChecks:
                                  "video (DynamiCrafter Conditioning's, not a batch of prompts or images); a prompt "
                                  "schedule needs Context Windows (Manual) between DynamiCrafter Model and the sampler "
                                  "(each window takes one prompt), or give Encode Image Context one prompt")
+
+
+class CameraCond:
+    """CamI2V's camera in a conditioning: the path (nodes.camera.Camera), the core model whose pose encoder reads it,
+    the seed of its zero-translation noise and the video's pixel size. Compared by identity, so ComfyUI batches the
+    two conditionings that share it."""
+
+    def __init__(self, camera, core, seed: int, height: int, width: int):
+        self.camera, self.core, self.seed, self.height, self.width = camera, core, seed, height, width
+
+    def features(self, videos: int, frames: int, transformer_options: dict, device):
+        """The camera for one UNet call over `videos` x `frames` latent frames: the whole video's, or with context
+        windows the window's own frames' poses (relative to the video's first frame, the image's)."""
+        window = transformer_options.get("context_window")
+        if window is None:
+            index = list(range(frames))
+        else:
+            index = list(window.index_list)
+            if getattr(window, "causal_anchor_index", None) is not None and window.causal_anchor_index >= 0:
+                raise InputError("the camera path does not work with Context Windows' causal_window_fix (it puts a "
+                                 "frame from before the window in front of it, whose pose is not the window's): turn "
+                                 "causal_window_fix off, or disconnect `camera`")
+            if len(index) != frames:
+                raise InputError(f"the context window names {len(index)} frames for a call over {frames}")
+        return self.camera.features(self.core, index, self.height, self.width, device, self.seed)
+
+
 def window_rows(concat: torch.Tensor, rows: int, frames: int, transformer_options: dict) -> torch.Tensor:
     """The concat latents for a batch of `rows` = n videos x `frames` frames. A core whose context windows slice
     only the noise leaves each video's full-length latents: take the window's frames, so an end latent stays on the

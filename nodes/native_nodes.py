@@ -19,6 +19,7 @@ from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
 from .guidance import check_interpolation
 from .sampler import SAMPLING_INPUTS, decode, latent_output, sketch_options
+from .camera import CAMERA, camera_of
 from .sketch import SKETCH
 from .sockets import CONTEXT, GUIDANCE, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect
 
@@ -70,9 +71,13 @@ class Conditioning:
                              "tooltip": "The noise of the guidance latents. Give DynamiCrafter Noise the same seed "
                                         "to get I2V Sampler's video for that seed."}),
             "fs": SAMPLING_INPUTS["fs"],
+        }, "optional": {
+            "camera": (CAMERA, {"tooltip": "CamI2V checkpoints only: the camera's path, from Camera Trajectory. It "
+                                           "travels with both conditionings; with Context Windows each window takes "
+                                           "its own frames' poses."}),
         }}
 
-    def condition(self, model, context, guidance, seed: int, fs: int):
+    def condition(self, model, context, guidance, seed: int, fs: int, camera=None):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         context = expect(context, ImageContext, "context", "Encode Image Context")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
@@ -96,6 +101,18 @@ class Conditioning:
         if guidance.mode == "i2v":
             concat = concat[:1]
         extra = {native.CONCAT: concat, native.FS: fs}
+        camera = camera_of(model, camera, guidance.frames)
+        if camera is not None:
+            if guidance.mode != "i2v":
+                raise InputError(f"a camera path animates one image: set Visual Detail Guidance's mode to i2v (CamI2V "
+                                 f"has no {guidance.mode} mode), or disconnect `camera`")
+            if camera.camera_cfg != 1.0:
+                raise InputError(f"Camera Trajectory's camera_cfg {camera.camera_cfg:g} needs I2V Sampler's third "
+                                 "guidance pass, which ComfyUI's samplers do not make: set it to 1 for the native "
+                                 "path, or use I2V Sampler")
+            # both branches see the camera, as the original's sampler gives it to the unconditional one too
+            extra[native.CAMERA] = native.CameraCond(camera, model.core, seed, mean.shape[-2] * 8,
+                                                     mean.shape[-1] * 8)
         draws = posterior_shapes(mean.shape, guidance.end is not None)
         # the draws made here travel with the positive (the DDIM sampler's step noise follows them) and the latent
         # (DynamiCrafter Noise's initial noise follows them)

@@ -19,6 +19,7 @@ from ..dynamicrafter_core.settings import SEED_RANGE
 from . import host, memory
 from .context import ENCODER_INPUTS, PROMPT_INPUTS, image_context
 from .guidance import SIZE_INPUTS, check_interpolation, keyframe_references, posterior, video_size
+from .camera import CAMERA_INPUT, Camera, camera_of
 from .sketch import SKETCH, Sketch
 from .sockets import (CONTEXT, GUIDANCE, MODEL, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect,
                       image_to_core)
@@ -71,21 +72,28 @@ def timesteps(model: DynamiCrafterModel, options: dict) -> torch.Tensor:
 def load_unet(model: DynamiCrafterModel, videos: int, frames: int, latent_hw: tuple, options: dict,
               sketch: Optional[Sketch] = None) -> None:
     branches = 1 if options["cfg"] == 1 else 3 if options["image_cfg"] else 2
+    branches += options.get("camera_cfg", 1.0) != 1.0  # camera guidance's pass without the camera
     unet = model.core.unet
-    # the sketch encoder runs beside the UNet at every step; its activations are the encoder half of a UNet's
-    patchers = model.patchers_for("unet") + ([sketch.encoder.patcher] if sketch is not None else [])
+    # the sketch encoder runs beside the UNet at every step; its activations are the encoder half of a UNet's. The
+    # camera's pose encoder (CamI2V) runs before the first step, where the UNet runs
+    patchers = model.patchers_for("unet", "pose_encoder") + ([sketch.encoder.patcher] if sketch is not None else [])
     host.load(patchers, memory.unet(videos, branches, frames, latent_hw, unet.cfg.model_channels,
                                     unet.dtype.itemsize, controlled=sketch is not None))
 
 
 def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple, end: Optional[tuple], frames: int,
                  seed: int, options: dict, on_step: Callable[[int, torch.Tensor], None],
-                 sketching: Optional[dict] = None) -> torch.Tensor:
+                 sketching: Optional[dict] = None, camera: Optional[Camera] = None) -> torch.Tensor:
     """Latents (B, 4, T, h, w) of one video per context image; the UNet (and the sketch encoder) must be loaded.
-    sketching: sketch_options' keywords, or nothing."""
+    sketching: sketch_options' keywords, or nothing. camera: CamI2V's camera path, or None."""
     cond = context.conditioning
     generator = seed_generator(seed)
     concat = draw_visual_detail_guidance(model.core, start, end, frames, generator)
+    if camera is not None:
+        h, w = start[0].shape[-2:]
+        sketching = {**(sketching or {}), "camera_cfg": camera.camera_cfg,
+                     "camera": camera.features(model.core, list(range(frames)), h * 8, w * 8, model.device("unet"),
+                                               seed)}
 
     def callback(step: dict) -> None:
         host.check_interrupt()  # Cancel: stop after this step; nothing was moved by hand, so nothing to undo
@@ -173,17 +181,23 @@ class I2VSampler(_VideoSampler):
             "optional": {
                 "sketch": (SKETCH, {"tooltip": "ToonCrafter only: drawings that steer the interpolation, from "
                                                "Sketch Guidance."}),
+                "camera": CAMERA_INPUT,
             },
             "hidden": HIDDEN,
         }
 
     def generate(self, model, context, guidance, seed: int, steps: int, cfg: float, image_cfg: float, eta: float,
-                 fs: int, guidance_rescale: float, spacing: str, sketch=None, unique_id: Optional[str] = None):
+                 fs: int, guidance_rescale: float, spacing: str, sketch=None, camera=None,
+                 unique_id: Optional[str] = None):
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
         context = expect(context, ImageContext, "context", "Encode Image Context")
         context.check_one_prompt("I2V Sampler")
         guidance = expect(guidance, Guidance, "guidance", "Visual Detail Guidance")
         sketching = sketch_options(model, sketch, guidance)
+        camera = camera_of(model, camera, guidance.frames)
+        if camera is not None and guidance.mode != "i2v":
+            raise InputError(f"a camera path animates one image: set Visual Detail Guidance's mode to i2v (CamI2V "
+                             f"has no {guidance.mode} mode), or disconnect `camera`")
         if guidance.mode != "i2v":
             check_interpolation(model, f"guidance mode {guidance.mode}")
         mean = guidance.start[0]
@@ -191,10 +205,11 @@ class I2VSampler(_VideoSampler):
             raise InputError(f"the context holds {context.conditioning.context.shape[0]} image(s) but the guidance "
                              f"{mean.shape[0]}; give Encode Image Context and Visual Detail Guidance the same images")
         options = settings(model, steps, cfg, image_cfg, eta, fs, guidance_rescale, spacing)
-        load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:], options, sketch)
+        load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:],
+                  {**options, "camera_cfg": camera.camera_cfg if camera is not None else 1.0}, sketch)
         report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
         latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
-                               lambda i, denoised: report(i + 1, denoised), sketching)
+                               lambda i, denoised: report(i + 1, denoised), sketching, camera)
         video = decode(model, latents, guidance.references)
         if guidance.mode == "loop":  # the last frame repeats the first
             latents, video = latents[:, :, :-1], video[:, :, :-1]

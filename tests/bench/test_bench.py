@@ -72,3 +72,19 @@ def test_the_tooncrafter_pipeline_benchmarks_with_its_keyframe_decoder(tmp_path)
     report = json.loads(out.read_text())
     assert report["model"] == "DynamiCrafter tooncrafter"
     assert report["runs"]["optimised"]["vae_decode"]["median_s"] > 0
+
+
+@pytest.mark.slow  # four guided steps of the tiny CamI2V model (~25 s on two cores)
+def test_camera_cost_times_both_steps_and_counts_the_masks():
+    """--variant cami2v: one guided step with and without the camera at each released model's masked levels."""
+    args = bench.parser().parse_args(["--variant", "cami2v", "--tiny", "--device", "cpu", "--size", "64x128",
+                                      "--frames", "4", "--repeats", "1", "--warmup", "0"])
+    result = bench.run(args)
+    rows = result["camera_cost"]
+    assert set(rows) == {"256", "512"}
+    assert rows["256"]["masked_levels"] == [8, 4, 2, 1] and rows["512"]["masked_levels"] == [8, 4, 2]
+    tokens = {ds: 4 * (64 // (8 * ds)) * (128 // (8 * ds)) for ds in (1, 2, 4, 8)}  # T h w per level
+    assert rows["256"]["mask_bytes"] == sum(n * (n + 4) for n in tokens.values())  # one bool per query and key
+    assert rows["512"]["mask_bytes"] == sum(n * (n + 4) for ds, n in tokens.items() if ds != 1)
+    for row in rows.values():
+        assert row["camera_changes_output"] and row["plain_step_s"] > 0 and row["camera_step_s"] > 0

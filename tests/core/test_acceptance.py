@@ -1,5 +1,6 @@
-"""The project's acceptance checks (copies of ../shared/tools, unmodified) on the copied fixture and manifests, run
-as scripts (in this process, to spare an interpreter start each)."""
+"""The project's acceptance checks (copies of ../shared/tools, unmodified, and the project's own
+cami2v_parity_check.py) on the copied fixtures and manifests, run as scripts (in this process, to spare an interpreter
+start each)."""
 import runpy
 import sys
 from pathlib import Path
@@ -33,6 +34,15 @@ def test_tooncrafter_parity_with_the_original_implementation(capsys):
     status, out = run_script("toon_parity_check.py", str(TESTS / "fixtures" / "tiny_toon"), capsys=capsys)
     assert status == 0, out
     assert out.strip().splitlines()[-1] == "toon parity tiny_toon: all checks within tolerance"
+    assert "skip " not in out  # every reference in the fixture was checked
+
+
+def test_cami2v_parity_with_the_original_implementation(capsys):
+    """Camera maths, epipolar masks, the pose encoder, the camera-aware UNet and a 2-step DDIM run with the camera,
+    against the original CamI2V code's tensors (tests/fixtures/tiny_cami2v, a copy of ../shared/fixtures)."""
+    status, out = run_script("cami2v_parity_check.py", str(TESTS / "fixtures" / "tiny_cami2v"), capsys=capsys)
+    assert status == 0, out
+    assert out.strip().splitlines()[-1] == "cami2v parity tiny_cami2v: all checks within tolerance"
     assert "skip " not in out  # every reference in the fixture was checked
 
 

@@ -87,6 +87,9 @@ class FakeHost:
     def checkpoint_folders(self):
         return [str(self.folder)]
 
+    def input_directory(self):
+        return str(self.folder)
+
     def devices(self):
         return {stage: (LOAD_DEVICE, self.cpu) for stage in ("unet", "vae", "encoders")}
 

@@ -25,6 +25,7 @@ from .real_host import (COMFYUI_DIR, FAST, comfy, context_windows_fail_for_frame
 from .tiny_models import LORA_TARGETS, checkpoint_weights, write_controlnet, write_lora, write_wide_checkpoint
 
 TOON = ROOT / "tests" / "fixtures" / "tiny_toon"
+CAMI2V = ROOT / "tests" / "fixtures" / "tiny_cami2v"
 TOOL = ROOT / "tests" / "acceptance" / "comfyui_host.py"  # a copy of ../shared/tools/comfyui_host.py
 
 
@@ -324,6 +325,9 @@ def server(tmp_path_factory, request, native_models):
     toon = json.loads((TOON / "tiny_toon.config.json").read_text())
     shutil.copy(TOON / "tiny_toon.safetensors", models / "dynamicrafter" / "tiny_toon.safetensors")
     (models / "dynamicrafter" / "tiny_toon.json").write_text(json.dumps(toon["model"]))
+    cami2v = json.loads((CAMI2V / "tiny_cami2v.config.json").read_text())
+    shutil.copy(CAMI2V / "tiny_cami2v.safetensors", models / "dynamicrafter" / "tiny_cami2v.safetensors")
+    (models / "dynamicrafter" / "tiny_cami2v.json").write_text(json.dumps(cami2v["model"]))
     (models / "controlnet").mkdir()
     shutil.copy(TOON / "tiny_toon_sketch.safetensors", models / "controlnet" / "tiny_sketch.safetensors")
     (models / "controlnet" / "tiny_sketch.json").write_text(json.dumps(toon["controlnet"]["config"]))
@@ -383,7 +387,8 @@ def test_comfyui_imports_the_pack_and_lists_its_templates(server):
                      "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance", "DynamiCrafter Model",
                      "DynamiCrafter Conditioning", "DynamiCrafter Scheduler", "DynamiCrafter DDIM Sampler",
                      "DynamiCrafter Guider", "DynamiCrafter Noise", "DynamiCrafter Guidance Rescale",
-                     "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match"}
+                     "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match",
+                     "Camera Trajectory"}
     templates = json.loads(urllib.request.urlopen(f"{server['url']}/workflow_templates").read())
     shipped = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert sorted(templates[ROOT.name]) == shipped
@@ -403,6 +408,7 @@ def shrink(workflow: dict) -> dict:
         kind, values = node["type"], node.get("widgets_values")
         if kind == "DynamiCrafterAnimate_Loader":
             values[0] = "tiny_toon.safetensors" if values[0].startswith("tooncrafter") else \
+                "tiny_cami2v.safetensors" if "cami2v" in values[0] else \
                 WIDE if "ControlNetLoader" in kinds else "tiny_test.safetensors"
         elif kind == "DynamiCrafterAnimate_SketchEncoderLoader":
             values[0] = "tiny_sketch.safetensors"

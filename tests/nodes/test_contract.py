@@ -12,7 +12,8 @@ DISPLAY_NAMES = {"Load DynamiCrafter", "Encode Image Context", "Visual Detail Gu
                  "Frame Interpolate", "Load Sketch Encoder", "Sketch Guidance", "DynamiCrafter Model",
                  "DynamiCrafter Conditioning", "DynamiCrafter Scheduler", "DynamiCrafter DDIM Sampler",
                  "DynamiCrafter Guider", "DynamiCrafter Noise", "DynamiCrafter Guidance Rescale",
-                 "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match"}
+                 "DynamiCrafter Decode", "Apply Sketch Guidance", "Continue Video", "Colour Match",
+                 "Camera Trajectory"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
