@@ -12,6 +12,7 @@ import contextlib
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 _use_reference = False
@@ -58,3 +59,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None],
                                              is_causal=is_causal, scale=scale)
     return out.transpose(1, 2).reshape(b, n, inner)
+
+
+class ProjectedAttention(nn.Module):
+    """The query, key, value and output projections every attention layer of these models has, under the names the
+    released weights use (to_q, to_k, to_v, to_out.0): the base of the UNet's, the pose encoder's and the epipolar
+    attention."""
+
+    def __init__(self, query_dim: int, context_dim: int, inner: int, heads: int, ops=nn):
+        super().__init__()
+        self.heads = heads
+        self.to_q = ops.Linear(query_dim, inner, bias=False)
+        self.to_k = ops.Linear(context_dim, inner, bias=False)
+        self.to_v = ops.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(ops.Linear(inner, query_dim), nn.Identity())

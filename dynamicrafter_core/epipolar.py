@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attention import attention
+from .attention import ProjectedAttention, attention
 from .camera import epipolar_mask
 
 LATENT_STRIDE = 8  # pixels per latent pixel: a level of downsampling ds is 8·ds pixels per token
@@ -63,16 +63,11 @@ class CameraFeatures:
         return self.features[index], (self.masks(ds, h, w) if self.masks is not None else None)
 
 
-class EpipolarCrossAttention(nn.Module):
+class EpipolarCrossAttention(ProjectedAttention):
     """Attention of the level's T h w tokens to the register tokens and all T h w tokens, masked."""
 
     def __init__(self, dim: int, heads: int, registers: int, ops=nn):
-        super().__init__()
-        self.heads = heads
-        self.to_q = ops.Linear(dim, dim, bias=False)
-        self.to_k = ops.Linear(dim, dim, bias=False)
-        self.to_v = ops.Linear(dim, dim, bias=False)
-        self.to_out = nn.Sequential(ops.Linear(dim, dim), nn.Identity())
+        super().__init__(dim, dim, dim, heads, ops=ops)
         self.registers = registers
         if registers:
             self.register_tokens = nn.Parameter(torch.zeros(1, registers, dim))

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import ProjectedAttention, attention
 from .config import PoseEncoderConfig
 from .errors import InputError
 from .unet import FeedForward
@@ -39,17 +39,12 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[:, :x.shape[1]].to(x)
 
 
-class TemporalSelfAttention(nn.Module):
+class TemporalSelfAttention(ProjectedAttention):
     """Self-attention over the frames of each position; the positions are added to the queries', keys' and values'
     input, not to the residual (diffusers' Attention with CameraCtrl's encoding in front)."""
 
     def __init__(self, dim: int, heads: int, max_len: int, ops=nn):
-        super().__init__()
-        self.heads = heads
-        self.to_q = ops.Linear(dim, dim, bias=False)
-        self.to_k = ops.Linear(dim, dim, bias=False)
-        self.to_v = ops.Linear(dim, dim, bias=False)
-        self.to_out = nn.Sequential(ops.Linear(dim, dim), nn.Identity())
+        super().__init__(dim, dim, dim, heads, ops=ops)
         self.pos_encoder = PositionalEncoding(dim, max_len)
 
     def forward(self, x):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import ProjectedAttention, attention
 from .config import UNetConfig
 from .epipolar import CameraFeatures, Epipolar
 from .errors import InputError
@@ -86,7 +86,7 @@ class FeedForward(nn.Module):
         return self.net[2](F.gelu(gate).mul_(a))  # in place: one 4C-wide temporary fewer
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(ProjectedAttention):
     """Self- or cross-attention; with `image_context` the dual cross-attention of §3.1:
 
     out = softmax(Q K_txt^T) V_txt + lambda * softmax(Q K_img^T) V_img, sharing Q and to_out,
@@ -95,20 +95,15 @@ class CrossAttention(nn.Module):
 
     def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: Optional[int] = None,
                  image_context: bool = False, learnable_gate: bool = False, ops=nn, whole_context: bool = False):
-        super().__init__()
         if image_context and whole_context:
             raise ValueError("the dual cross-attention splits the context into text and image tokens; it cannot "
                              "also attend to the whole context")
         inner = heads * dim_head
         context_dim = context_dim or query_dim
-        self.heads = heads
+        super().__init__(query_dim, context_dim, inner, heads, ops=ops)
         # whole_context: attend to every context token as one sequence (Stable Diffusion's attention, which the sketch
         # ControlNet uses) instead of DynamiCrafter's first TEXT_TOKENS
         self.whole_context = whole_context
-        self.to_q = ops.Linear(query_dim, inner, bias=False)
-        self.to_k = ops.Linear(context_dim, inner, bias=False)
-        self.to_v = ops.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(ops.Linear(inner, query_dim), nn.Identity())
         self.image_context = image_context
         if image_context:
             self.to_k_ip = ops.Linear(context_dim, inner, bias=False)
