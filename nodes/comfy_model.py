@@ -3,6 +3,7 @@ and control object), subclasses of ComfyUI's own. Imported only where ComfyUI ex
 use), so the node modules import without ComfyUI. The conversions they make are native.py's functions."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -22,7 +23,7 @@ from ..dynamicrafter_core.sampler import effective_sigmas, exact_alphas_cumprod,
 from ..dynamicrafter_core.unet import TEXT_TOKENS
 from . import memory
 from .native import (BRANCH, CAMERA, CONCAT, CONDITIONING_HINT, CONTROLLED, FRAME_CHECKS, FS, SNAP, FrameChecks,
-                     ScheduleTables, block_patches, carrier_dtype, cfg_denoised, control_residuals, image_negative,
+                     ScheduleTables, block_patches, cfg_denoised, control_residuals, guided_output, image_negative,
                      interp, per_row, window_rows)
 
 
@@ -50,21 +51,34 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
         scale = schedule.scale_arr[:schedule.num_timesteps] if schedule.scale_arr is not None else None
         scale = (scale if scale is not None else torch.ones(self.num_timesteps, dtype=torch.float64))
         self.register_buffer("scales", scale.float())
-        self.exact_scales, self.exact_alphas_cumprod = scale.double(), exact_alphas_cumprod(schedule)
+        self.exact_alphas_cumprod = exact_alphas_cumprod(schedule)
         self.on_device = {}  # device -> ScheduleTables
+        self.unet_space = False  # see unet_latents()
 
     def tables(self, device: torch.device) -> ScheduleTables:
         """The tables on `device`, copied there on first use: a step looks its timesteps up where its sigmas are,
         without reading anything back to the host. Not buffers: ComfyUI moves a model's buffers only with weights,
-        and the exact tables are float64, which some devices lack (there they are float32)."""
+        and a step may run before the weights are loaded (Dynamic VRAM)."""
         if device not in self.on_device:
-            exact = carrier_dtype(device)
             self.on_device[device] = ScheduleTables(
                 log_sigmas=self.log_sigmas.to(device), scales=self.scales.to(device),
                 steps=torch.arange(self.num_timesteps, dtype=torch.float32, device=device),
-                exact_scales=self.exact_scales.to(device, exact),
-                exact_alphas_cumprod=self.exact_alphas_cumprod.to(device, exact))
+                alphas_cumprod=self.exact_alphas_cumprod.to(device, torch.float32))
         return self.on_device[device]
+
+    @contextlib.contextmanager
+    def unet_latents(self):
+        """Within it, the latent a sampler hands the model is the UNet's own input z (not ComfyUI's x = z / alpha')
+        and the model answers with the UNet's raw output (v or eps), not a denoised latent: calculate_input and
+        calculate_denoised are identities. The DDIM sampler runs in it, so the UNet, ControlNets and the sketch
+        encoder get the sampler's z itself and the step takes the guided output the UNet and the guidance computed,
+        with no conversion between them: the latents equal the bundled sampler's by construction, in float32 on any
+        device. ComfyUI's own samplers never enter it."""
+        previous, self.unet_space = self.unet_space, True
+        try:
+            yield self
+        finally:
+            self.unet_space = previous
 
     def set_sigmas(self, sigmas):  # ModelSamplingDiscrete's table setter: the table here is the schedule itself
         raise InputError("DynamiCrafter's sigma table is its schedule, with the dynamic rescale folded in, and "
@@ -80,17 +94,16 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
         return torch.where((t - t.round()).abs() < SNAP, t.round(), t).view(sigma.shape)
 
     def scale_and_alphas_cumprod(self, sigma: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """s(t) and ᾱ at each sigma, in `dtype` (float64 when the sampler carries latents in float64): at the
-        table's points the training values (ᾱ = 0 at the last timestep with zero terminal SNR, which the sigma
-        table can only approach), between them the interpolated s and the ᾱ that sigma implies."""
+        """s(t) and ᾱ at each sigma, in `dtype`: at the table's points the training values (ᾱ = 0 at the last
+        timestep with zero terminal SNR, which the sigma table can only approach; s is the table's, which the
+        interpolation returns exactly there), between them the interpolated s and the ᾱ that sigma implies."""
         tables = self.tables(sigma.device)
         t = self.timestep(sigma)
         on_table = t == t.round()
         index = t.round().long().clamp(0, self.num_timesteps - 1)
-        between = interp(t, tables.steps, tables.scales).to(dtype)
-        s = torch.where(on_table, tables.exact_scales[index].to(dtype), between)
+        s = interp(t, tables.steps, tables.scales).to(dtype)
         implied = 1.0 / (1.0 + (sigma.to(dtype) * s) ** 2)
-        a = torch.where(on_table, tables.exact_alphas_cumprod[index].to(dtype), implied)
+        a = torch.where(on_table, tables.alphas_cumprod[index].to(dtype), implied)
         return s, a
 
     def z_factor(self, sigma: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -101,16 +114,23 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
     # -- ComfyUI's model-sampling interface (maths in the latent's dtype) ----------------------------------
 
     def calculate_input(self, sigma, noise):
+        if self.unet_space:
+            return noise
         return noise * per_row(self.z_factor(sigma, noise.dtype), noise)
 
-    def _state(self, sigma, model_input) -> tuple:
-        """(z, ᾱ, s) for ComfyUI's latent at sigma, per row, in the latent's dtype."""
-        z = self.calculate_input(sigma, model_input)
-        s, a = (per_row(v, model_input) for v in self.scale_and_alphas_cumprod(sigma, model_input.dtype))
+    def calculate_denoised(self, sigma, model_output, model_input):
+        if self.unet_space:
+            return model_output
+        return self.denoised(model_output, self._state(sigma, model_input))
+
+    def unet_state(self, sigma, z) -> tuple:
+        """(z, ᾱ, s) at the UNet's input z and sigma, per row, in z's dtype: what converts its outputs."""
+        s, a = (per_row(v, z) for v in self.scale_and_alphas_cumprod(sigma, z.dtype))
         return z, a, s
 
-    def calculate_denoised(self, sigma, model_output, model_input):
-        return self.denoised(model_output, self._state(sigma, model_input))
+    def _state(self, sigma, model_input) -> tuple:
+        """unet_state for ComfyUI's latent x at sigma (z = alpha' x)."""
+        return self.unet_state(sigma, model_input * per_row(self.z_factor(sigma, model_input.dtype), model_input))
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         # from pure noise the model's input is the noise itself, as the original starts
@@ -121,11 +141,16 @@ class ModelSamplingDynamiCrafter(comfy.model_sampling.ModelSamplingDiscrete, com
         return latent
 
     def prediction(self, sigma, denoised, model_input) -> tuple[torch.Tensor, tuple]:
-        """The model output (v or eps) that gives `denoised`, and what converts it back: guidance and its
-        rescale act on the model output, as the original's. In float64 the round trip returns the float32
-        model output exactly."""
-        z, a, s = state = self._state(sigma, model_input)
-        return prediction_from_x0(self.parameterization, denoised.to(z.dtype) * s, z, a), state
+        """The model output (v or eps) that gives `denoised` at ComfyUI's latent x, and what converts it back:
+        guidance and its rescale act on the model output, as the original's. Outside unet_latents() only (ComfyUI's
+        own samplers): a conversion there, not a round trip the DDIM sampler relies on."""
+        state = self._state(sigma, model_input)
+        return self.output(denoised, state), state
+
+    def output(self, denoised, state) -> torch.Tensor:
+        """The model output (v or eps) that gives `denoised` at `state` (unet_state)."""
+        z, a, s = state
+        return prediction_from_x0(self.parameterization, denoised.to(z.dtype) * s, z, a)
 
     def denoised(self, prediction, state) -> torch.Tensor:
         """The denoised latent (ComfyUI's x0, unscaled by s) from a model output at `state` (_state)."""
@@ -274,9 +299,25 @@ class Guider(comfy.samplers.CFGGuider):
                                               timestep, model_options)[::-1]
         if len(outs) == 1:
             return outs[0]
-        denoised = cfg_denoised(self.inner_model.model_sampling, x, timestep, outs, self.cfg,
-                                self.image_cfg or None, self.guidance_rescale)
-        for fn in model_options.get("sampler_post_cfg_function", []):
+        ms = self.inner_model.model_sampling
+        post_cfg = model_options.get("sampler_post_cfg_function", [])
+        if not ms.unet_space:
+            denoised = cfg_denoised(ms, x, timestep, outs, self.cfg, self.image_cfg or None, self.guidance_rescale)
+            return self.post_cfg(post_cfg, denoised, outs, x, timestep, model_options)
+        # the DDIM sampler's call (unet_latents): x is the UNet's input z and the outputs are the UNet's own
+        guided = guided_output([o.float() for o in outs], self.cfg, self.image_cfg or None, self.guidance_rescale)
+        if not post_cfg:
+            return guided
+        # post-cfg functions work on ComfyUI's denoised latents at ComfyUI's x: converted for them and back
+        state = ms.unet_state(timestep, x)
+        x_comfy = x / per_row(ms.z_factor(timestep, x.dtype), x)
+        denoised = self.post_cfg(post_cfg, ms.denoised(guided, state), [ms.denoised(o, state) for o in outs],
+                                 x_comfy, timestep, model_options)
+        return ms.output(denoised, state)
+
+    def post_cfg(self, functions, denoised, outs, x, timestep, model_options):
+        """ComfyUI's post-cfg functions (model_options' sampler_post_cfg_function) on the guided denoised latent."""
+        for fn in functions:
             denoised = fn({"denoised": denoised, "cond": self.conds.get("positive"),
                            "uncond": self.conds.get("negative"), "cond_scale": self.cfg, "model": self.inner_model,
                            "uncond_denoised": outs[1], "cond_denoised": outs[0], "sigma": timestep,

@@ -64,19 +64,13 @@ def per_row(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # conversions between ComfyUI's conventions and the core's
 
 
-def carrier_dtype(device: torch.device) -> torch.dtype:
-    """The dtype exact schedule values travel in on `device`: float64 where the device has it (CUDA, the CPU)."""
-    return torch.float64 if device.type in ("cuda", "cpu") else torch.float32
-
-
 @dataclass(frozen=True)
 class ScheduleTables:
-    """The model sampling's tables on one device."""
-    log_sigmas: torch.Tensor  # float32, the table of sigma_eff's logs
-    steps: torch.Tensor  # float32 0 .. num_timesteps - 1
-    scales: torch.Tensor  # float32 s(t)
-    exact_scales: torch.Tensor  # s(t) in the device's carrier dtype
-    exact_alphas_cumprod: torch.Tensor  # ᾱ in the device's carrier dtype
+    """The model sampling's tables on one device, float32."""
+    log_sigmas: torch.Tensor  # the table of sigma_eff's logs
+    steps: torch.Tensor  # 0 .. num_timesteps - 1
+    scales: torch.Tensor  # s(t)
+    alphas_cumprod: torch.Tensor  # ᾱ (0 at the last timestep with zero terminal SNR)
 
 
 # keys of extra_conds_shapes (ComfyUI's estimate before sampling hands them to memory_required)
@@ -337,17 +331,23 @@ def image_negative(positive: list, negative: list) -> list:
     return [[context, extra]]
 
 
-def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float],
-                 rescale: float) -> torch.Tensor:
-    """The guided denoised latent from the branches' denoised latents, as the original guides: combine_cfg and
-    rescale_cfg on the model outputs in float32, the rescale's spread over the whole video (here the frames are
-    the batch: one video, viewed in the core's (1, 4, T, h, w) layout)."""
-    converted = [model_sampling.prediction(sigma, d, x) for d in outs]
-    predictions = [p.float() for p, _ in converted]
+def guided_output(predictions: list, cfg: float, image_cfg: Optional[float], rescale: float) -> torch.Tensor:
+    """The guided model output from the branches' model outputs (float32, frames in the batch), as the original
+    guides: combine_cfg, then rescale_cfg spread over the whole video (here the frames are the batch: one video,
+    viewed in the core's (1, 4, T, h, w) layout)."""
     m = combine_cfg(predictions, cfg, image_cfg)
     if rescale:
         video = [v[None].transpose(1, 2) for v in (m, predictions[0])]
         m = rescale_cfg(video[0], video[1], rescale)[0].transpose(0, 1)
+    return m
+
+
+def cfg_denoised(model_sampling, x, sigma, outs, cfg: float, image_cfg: Optional[float],
+                 rescale: float) -> torch.Tensor:
+    """The guided denoised latent from the branches' denoised latents at ComfyUI's x (a stock sampler's call):
+    guided_output on the model outputs they imply, converted back."""
+    converted = [model_sampling.prediction(sigma, d, x) for d in outs]
+    m = guided_output([p.float() for p, _ in converted], cfg, image_cfg, rescale)
     return model_sampling.denoised(m, converted[0][1])
 
 
@@ -400,15 +400,15 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 
     sigmas: DynamiCrafter Scheduler's, ending at the table's first sigma ("original": the original's last step to
     ᾱ[0], which returns the latent there) or at 0 ("clean": the predicted clean latent).
-    The latent passes the guider in float64 (on CUDA and the CPU), so the model output the step takes is
-    the float32 one the UNet and the guidance computed, not a rounding of it.
+    The sampler keeps the model's latent z (ComfyUI's x times alpha') and calls the guider in the model sampling's
+    unet_latents(): the UNet gets z itself and the step takes the guided output as the UNet and the guidance
+    computed it (guided_output), no conversion between them.
     Step noise: `step_noise` (steps, T, 4, h, w) when given, else the seed's stream after the draws the conditioning
     and the initial noise made (core noise.py), so DynamiCrafter Noise + this sampler repeat the bundled sampler's
     video for the same seed."""
     extra_args = dict(extra_args or {})
     ms = dynamicrafter_sampling(model.inner_model.inner_model.model_sampling, "DynamiCrafter DDIM Sampler")
     schedule = ms.schedule
-    carrier = carrier_dtype(x.device)
     sigmas = sigmas.float()
     ts, t_end = ddim_plan(ms, sigmas)
     clean = t_end is None
@@ -420,8 +420,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     step_sigma = ddim_sigma(a_t, a_prev, eta)
     stream = None if step_noise is not None else _step_stream(model, x, extra_args.get("seed"))
 
-    def factor(sigma, dtype=torch.float32):
-        return ms.z_factor(sigma.reshape(1).to(x.device), dtype)
+    def factor(sigma):
+        return ms.z_factor(sigma.reshape(1).to(x.device))
 
     start_noise, start_latent = getattr(model, "noise", None), getattr(model, "latent_image", None)
     if start_noise is not None and float(sigmas[0]) >= float(ms.sigma_max) * (1 - 1e-5):
@@ -433,10 +433,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
     s_in = x.new_ones([x.shape[0]])
     drawn = 0
     for i, t in enumerate(ts):
-        sigma = sigmas[i].to(x.device)
-        x_in = z.to(carrier) / factor(sigma, carrier)
-        denoised = model(x_in, sigma * s_in, **extra_args)
-        out = ms.prediction(sigma * s_in, denoised, x_in)[0].float()
+        sigma = sigmas[i].to(x.device) * s_in
+        z_t, out = z, guided_output_at(model, ms, z, sigma, extra_args)
         last = i == len(ts) - 1
         t_prev = ts[i + 1] if not last else t if (original_last_step and not clean) else (t_end or 0)
         noise = None
@@ -445,9 +443,25 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
             drawn += 1
         z, _ = ddim_update(schedule, out, z, t, t_prev, float(a_t[i]), float(a_prev[i]), float(step_sigma[i]),
                            None if noise is None else noise.to(z))
-        if callback is not None:
-            callback({"x": z, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised.float()})
+        if callback is not None:  # previews show ComfyUI's denoised latent
+            denoised = ms.denoised(out, ms.unet_state(sigma, z_t))
+            callback({"x": z, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
     return z
+
+
+def guided_output_at(model, ms, z: torch.Tensor, sigma: torch.Tensor, extra_args: dict) -> torch.Tensor:
+    """The guided model output (float32) at the model's latent z. `model` is the guider as the sampler gets it
+    (ComfyUI's KSamplerX0Inpaint around it). DynamiCrafter Guider is called in unet_latents(). Two calls stay in
+    ComfyUI's x (x = z / alpha', the denoised latent converted back, as ComfyUI's samplers do): another guider
+    (CFGGuider and its cfg functions work on denoised latents at x) and a noise mask (Set Latent Noise Mask, mixed
+    in by that wrapper in x)."""
+    from . import comfy_model
+
+    if isinstance(model.inner_model, comfy_model.Guider) and extra_args.get("denoise_mask") is None:
+        with ms.unet_latents():
+            return model(z, sigma, **extra_args).float()
+    x = z / per_row(ms.z_factor(sigma), z)
+    return ms.prediction(sigma, model(x, sigma, **extra_args), x)[0].float()
 
 
 def _step_stream(model, x: torch.Tensor, seed: Optional[int]):
