@@ -326,6 +326,23 @@ def assign_weights(target: nn.Module, layout: nn.Module, prefix: str, sd: StateD
     target.load_state_dict(tensors, strict=True, assign=True)
 
 
+# RealCam-I2V scales each path's translations to metres with its depth_predictor (Depth-Anything-V2 metric); that
+# model is not implemented here, so users are told once per process that their translations are used as given.
+_realcam_depth_warned = False
+
+
+def _warn_realcam_depth(sd, what: str) -> None:
+    """Log once when a camera-only file (RealCam-I2V's: pose_encoder.*, no UNet) is loaded on a base."""
+    global _realcam_depth_warned
+    keys = list(sd.keys())
+    if _realcam_depth_warned or not any(k.startswith("pose_encoder.") for k in keys) or any(
+            "temopral_conv" in k for k in keys):
+        return
+    _realcam_depth_warned = True
+    log.warning("%s is a RealCam-I2V camera file: its metric-depth scaling (Depth-Anything-V2) is not implemented, "
+                "so camera translations are used as given (no metric scaling); scale them with the path's speed", what)
+
+
 def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, str, Path, ModelConfig] = None,
                device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = torch.float32,
                variant: Optional[str] = None, ops=nn, base: Union[None, str, Path, StateDict] = None) -> DynamiCrafter:
@@ -352,6 +369,7 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
         raise CheckpointError(f"load_model takes a file path or a state dict, not {type(source).__name__}")
     device = torch.device(device)
     if base is not None:
+        _warn_realcam_depth(sd, what)
         base_sd = read_state_dict(base) if isinstance(base, (str, Path)) else base
         if not isinstance(base_sd, Mapping):
             raise CheckpointError(f"base must be a file path or a state dict, not {type(base).__name__}")

@@ -205,6 +205,24 @@ def test_realcam_partial_files_load_on_a_base_file(tmp_path, cami2v_config, cami
         assert torch.equal(a, b), name
 
 
+def test_loading_a_realcam_file_warns_once_that_translations_are_not_metric_scaled(tmp_path, cami2v_config,
+                                                                                   monkeypatch, caplog):
+    from dynamicrafter_core import checkpoint
+    full = load_file(str(CAMI2V_FILE))
+    camera_keys = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
+    partial, base = tmp_path / "realcam.safetensors", tmp_path / "base.safetensors"
+    save_file({k: full[k] for k in camera_keys}, str(partial))
+    save_file({k: v for k, v in full.items() if k not in camera_keys}, str(base))
+    monkeypatch.setattr(checkpoint, "_realcam_depth_warned", False)
+    with caplog.at_level("WARNING", logger=checkpoint.log.name):
+        dc.load_model(CAMI2V_FILE, config=cami2v_config)  # a full CamI2V file: nothing to say
+        assert not [r for r in caplog.records if "metric" in r.getMessage()]
+        dc.load_model(partial, config=cami2v_config, base=base)
+        dc.load_model(partial, config=cami2v_config, base=base)
+    said = [r.getMessage() for r in caplog.records if "metric" in r.getMessage()]
+    assert len(said) == 1 and "realcam.safetensors" in said[0] and "used as given" in said[0]
+
+
 def test_camera_guidance_adds_the_difference_the_camera_makes():
     """m = m_u + cfg (m_c - m_u) + (camera_cfg - 1) w (m_c - m_c without camera), w cosine over t."""
     def model_fn(x, t, ctx):  # the branches run as one batch: each row its own context
