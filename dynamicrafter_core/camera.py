@@ -16,6 +16,9 @@ import torch
 # A translation whose three components are all below this is "zero": its fundamental matrix would be 0 and every
 # epipolar line undefined, so the original replaces it with noise of this size (`add_small_perturbation`).
 ZERO_TRANSLATION = 1e-6
+# The most point-to-line distances epipolar_mask holds at once: 16 MiB of float32, which a CPU's cache keeps while
+# they are compared (at 256x256 one frame pair of the finest level is a quarter of it).
+DISTANCE_ENTRIES = 1 << 22
 
 
 def default_intrinsics(height: int, width: int, frames: int, batch: int = 1) -> torch.Tensor:
@@ -88,25 +91,26 @@ def pixel_centres(h: int, w: int, stride: int, device=None) -> torch.Tensor:
     return torch.stack([gx, gy, torch.ones_like(gx)], dim=2).view(-1, 3)
 
 
-def epipolar_mask(F: torch.Tensor, h: int, w: int, stride: int, registers: int = 0,
-                  frames_per_chunk: int = 1) -> torch.Tensor:
-    """Which tokens each token of an h x w feature map may attend to: (B, T h w, registers + T h w) bool, rows the
-    query (frame i, pixel p), columns `registers` always-visible register tokens, then (frame j, pixel q). True where q
-    lies within stride·√2/2 pixels (half the cell's diagonal) of p's epipolar line F[i, j] p in frame j.
+def epipolar_mask(F: torch.Tensor, h: int, w: int, stride: int, registers: int = 0) -> torch.Tensor:
+    """Which tokens each token of an h x w feature map may attend to: (B, c h w, registers + T h w) bool for the c
+    query frames of F (B, c, T, 3, 3) (all of them for the whole mask), rows the query (frame i, pixel p), columns
+    `registers` always-visible register tokens, then (frame j, pixel q). True where q lies within stride·√2/2 pixels
+    (half the cell's diagonal) of p's epipolar line F[i, j] p in frame j.
 
-    Built `frames_per_chunk` query frames at a time, so the float distances never exist for all T² pairs at once (at
-    256x256, 16 frames, the finest level's would be 1 GiB; the mask itself is a quarter of that)."""
-    b, t = F.shape[:2]
-    grid = pixel_centres(h, w, stride, F.device)  # (hw, 3)
+    The distances are the original's products, line by pixel, one (hw x 3) @ (3 x hw) product per frame pair (so the
+    same numbers), taken a few target frames at a time and written straight into the mask: the float distances, four
+    times the mask's size, never exist for more than `DISTANCE_ENTRIES`. Pass F a few query frames at a time for a
+    large map (`epipolar.EpipolarLevel` does)."""
+    b, c, t = F.shape[:3]
+    grid = pixel_centres(h, w, stride, F.device).transpose(0, 1)  # (3, hw)
     hw = h * w
-    mask = torch.empty(b, t, hw, registers + t * hw, dtype=torch.bool, device=F.device)
+    lines = F @ grid  # (B, c, T, 3, hw): p's lines in frame j
+    lines = (lines / torch.norm(lines[..., :2, :], dim=-2, keepdim=True)).transpose(-1, -2)  # (B, c, T, p, 3)
+    mask = torch.empty(b, c, hw, registers + t * hw, dtype=torch.bool, device=F.device)
     mask[..., :registers] = True
+    near = mask[..., registers:].view(b, c, hw, t, hw).transpose(2, 3)  # (B, c, T, p, q), row (i, p), column (j, q)
     limit = stride * math.sqrt(2) / 2
-    for i in range(0, t, frames_per_chunk):
-        lines = F[:, i:i + frames_per_chunk] @ grid.transpose(-1, -2)  # (B, c, T, 3, hw): lines in frame j
-        lines = lines / torch.norm(lines[..., :2, :], dim=-2, keepdim=True)
-        dist = (lines.transpose(-1, -2) @ grid.transpose(-1, -2)).abs()  # (B, c, T, hw_p, hw_q)
-        # (B, c, T_j, p, q) -> (B, c, p, T_j, q): row (i, p), column (j, q)
-        mask[:, i:i + frames_per_chunk, :, registers:] = (dist < limit).permute(0, 1, 3, 2, 4).reshape(
-            b, -1, hw, t * hw)
-    return mask.view(b, t * hw, registers + t * hw)
+    step = max(1, DISTANCE_ENTRIES // (b * c * hw * hw))
+    for j in range(0, t, step):
+        torch.lt((lines[:, :, j:j + step] @ grid).abs_(), limit, out=near[:, :, j:j + step])
+    return mask.view(b, c * hw, registers + t * hw)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .config import VARIANT_CONFIGS, VARIANTS, ModelConfig, from_original
-from .errors import CheckpointError, ConfigError, ModelFileNotFoundError
+from .errors import BaseCheckpointNeededError, CheckpointError, ConfigError, ModelFileNotFoundError
 from .model import DynamiCrafter
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,7 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
     names = rename_legacy(sd)  # current name -> name in the file
     if base is None and any(k.startswith("pose_encoder.") for k in names) and not any(
             "temopral_conv" in k for k in names):
-        raise CheckpointError(
+        raise BaseCheckpointNeededError(
             f"{what} holds only camera weights (pose_encoder.*, the epipolar layers: a RealCam-I2V file): it loads on "
             "top of the DynamiCrafter checkpoint of its size; pass that file as the base (dynamicrafter_256_v1.ckpt "
             "for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*)")

@@ -13,6 +13,10 @@ class CheckpointError(DynamiCrafterError):
     """A weights file that cannot be read, is not DynamiCrafter, or does not match its configuration."""
 
 
+class BaseCheckpointNeededError(CheckpointError):
+    """A file that holds only some networks' weights (RealCam-I2V's camera weights) and loads on a base checkpoint."""
+
+
 class ConfigError(DynamiCrafterError):
     """An original-format configuration this implementation cannot build."""
 

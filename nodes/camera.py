@@ -27,7 +27,8 @@ CAMERA_INPUT = (CAMERA, {"tooltip": "CamI2V checkpoints only: the camera's path,
 @dataclass(eq=False)  # compared by identity: ComfyUI batches conditionings whose values are equal
 class Camera:
     """A camera path and how strongly the sampler follows it (CamI2V's camera guidance: 1 is off). Keeps the pose
-    encoder's features and masks per set of frames (a context window's), since they do not change between steps."""
+    encoder's features and the fundamental matrices per set of frames (a context window's), since they do not change
+    between steps; the epipolar masks are built from the matrices inside each step and not kept."""
     path: CameraPath
     camera_cfg: float = 1.0
     _features: dict = field(default_factory=dict, repr=False)

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 
 from ..dynamicrafter_core.checkpoint import load_model
-from ..dynamicrafter_core.errors import ModelFileNotFoundError
+from ..dynamicrafter_core.errors import BaseCheckpointNeededError, ModelFileNotFoundError
 from ..dynamicrafter_core.weights import RELEASED
 from . import host
 from .sockets import MODEL, DynamiCrafterModel
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 
 WEIGHT_DTYPES = ["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn"]
 VARIANTS = ["auto", "512", "512_interp"]
+NO_BASE = "none"
+# RealCam-I2V's files hold only the camera weights; each loads on the DynamiCrafter checkpoint of its size
+REALCAM_BASES = "dynamicrafter_256_v1.ckpt for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*"
 # ComfyUI's fp16/bf16 choice weighs the UNet's size against free memory; the released UNet has 1.44e9 parameters
 UNET_PARAMETERS = 1_438_854_980
 FP8 = torch.float8_e4m3fn
@@ -70,13 +74,13 @@ def cast_weights_to_fp8(module: torch.nn.Module) -> None:
             m.weight = torch.nn.Parameter(m.weight.detach().to(FP8), requires_grad=False)
 
 
-def missing_file_message(name: str) -> str:
+def missing_file_message(name: str, input_name: str = "ckpt_name") -> str:
     known = {f.filename: f for f in RELEASED.values()}
     folders = ", ".join(host.checkpoint_folders())
     if name in known:
         return (f"{name} is not in models/dynamicrafter (looked in: {folders}). Download {known[name].url} "
                 f"({known[name].size}) and save it there as {name}, then press R to refresh the list.")
-    return (f"ckpt_name {name!r} is not in models/dynamicrafter (looked in: {folders}). Put the checkpoint there "
+    return (f"{input_name} {name!r} is not in models/dynamicrafter (looked in: {folders}). Put the checkpoint there "
             "(models/dynamicrafter/README.txt lists the released files), then press R to refresh the list.")
 
 
@@ -110,19 +114,36 @@ class Loader:
                 "tooltip": "auto: told from the weights (and, for 512 vs 512 interpolation, whose tensors are "
                            "identical in layout, from 'interp' in the file name). Pick 512 or 512_interp for a "
                            "renamed file."}),
+        }, "optional": {
+            "base_ckpt_name": ([NO_BASE, *host.checkpoint_names()], {
+                "default": NO_BASE,
+                "tooltip": "RealCam-I2V files only (256_realcam-i2v_50k.safetensors, ...), which hold just the "
+                           "camera weights: the DynamiCrafter checkpoint they load on, of their size "
+                           f"({REALCAM_BASES}). Leave 'none' for every other file."}),
         }}
 
-    def load(self, ckpt_name: str, weight_dtype: str, variant: str):
+    def load(self, ckpt_name: str, weight_dtype: str, variant: str, base_ckpt_name: Optional[str] = None):
         path = host.checkpoint_path(ckpt_name)
         if path is None:
             raise ModelFileNotFoundError(missing_file_message(ckpt_name))
+        base = None
+        if base_ckpt_name not in (None, NO_BASE):
+            base = host.checkpoint_path(base_ckpt_name)
+            if base is None:
+                raise ModelFileNotFoundError(missing_file_message(base_ckpt_name, "base_ckpt_name"))
         devices = host.devices()
         plan = dtype_plan(weight_dtype, devices)
         # dtype=None keeps the file's tensors as they are (memory-mapped for .ckpt); each network is cast below
         # one layer family for all of its networks: they compute in their weights' dtype except a UNet stored in
         # another (fp8, or fp16 where ComfyUI computes in fp32), which then needs layers that cast as they run
         ops = host.ops(plan["unet"], plan["unet_compute"])
-        core = load_model(path, dtype=None, variant=None if variant == "auto" else variant, ops=ops)
+        try:
+            core = load_model(path, dtype=None, variant=None if variant == "auto" else variant, ops=ops, base=base)
+        except BaseCheckpointNeededError as e:
+            raise BaseCheckpointNeededError(
+                f"{ckpt_name} holds only RealCam-I2V's camera weights, which load on top of a DynamiCrafter "
+                f"checkpoint of the same size: choose that checkpoint in base_ckpt_name ({REALCAM_BASES}), "
+                "from models/dynamicrafter") from e
         core.vae.to(plan["vae"])
         unet_storage = plan["unet_compute"] if plan["unet"] == FP8 else plan["unet"]
         core.unet.to(unet_storage)
@@ -143,6 +164,7 @@ class Loader:
             patchers[stage] = host.model_patcher(module, *devices[place], streaming=streaming)
         names = {k: str(v).replace("torch.", "") for k, v in plan.items()}
         info = (f"{core.describe()} | weights: UNet {names['unet']} (computed in {names['unet_compute']}), "
-                f"VAE {names['vae']}, encoders {names['encoders']} | {ckpt_name}")
+                f"VAE {names['vae']}, encoders {names['encoders']} | {ckpt_name}"
+                f"{'' if base is None else ' on ' + base_ckpt_name}")
         log.info("Load DynamiCrafter: %s", info)
         return (DynamiCrafterModel(core=core, patchers=patchers, name=ckpt_name, dtypes=plan), info)

@@ -45,6 +45,43 @@ def camera_nodes(pack, cami2v_folder, monkeypatch):
     return {node_id: cls() for node_id, cls in pack.NODE_CLASS_MAPPINGS.items()}
 
 
+@pytest.fixture(scope="module")
+def realcam_folder(tmp_path_factory):
+    """models/dynamicrafter with a RealCam-I2V-style file (only the tiny CamI2V's camera weights, with its sidecar)
+    and the DynamiCrafter file it loads on (everything else)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("realcam")
+    full = load_file(str(CAMI2V / CAMI2V_FILE))
+    camera = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
+    save_file({k: full[k] for k in camera}, str(folder / "tiny_realcam.safetensors"))
+    save_file({k: v for k, v in full.items() if k not in camera}, str(folder / "tiny_base.safetensors"))
+    (folder / "tiny_realcam.json").write_text((CAMI2V / "tiny_cami2v.config.json").read_text())
+    return folder
+
+
+def test_a_realcam_file_loads_on_the_base_chosen_in_the_loader(pack, realcam_folder, cami2v_model):
+    loader = pack.nodes.loader.Loader
+    with hosting(pack, realcam_folder):
+        base_input = loader.INPUT_TYPES()["optional"]["base_ckpt_name"]
+        assert base_input[0] == ["none", "tiny_base.safetensors", "tiny_realcam.safetensors"]
+        assert base_input[1]["default"] == "none" and "realcam" in base_input[1]["tooltip"]
+        with pytest.raises(ValueError, match="tiny_realcam.safetensors holds only RealCam-I2V's camera weights.*"
+                                             "choose that checkpoint in base_ckpt_name"):
+            loader().load(ckpt_name="tiny_realcam.safetensors", weight_dtype="auto", variant="auto")
+        with pytest.raises(FileNotFoundError, match="base_ckpt_name 'gone.ckpt' is not in models/dynamicrafter"):
+            loader().load(ckpt_name="tiny_realcam.safetensors", weight_dtype="auto", variant="auto",
+                          base_ckpt_name="gone.ckpt")
+        model, info = loader().load(ckpt_name="tiny_realcam.safetensors", weight_dtype="auto", variant="auto",
+                                    base_ckpt_name="tiny_base.safetensors")
+    assert "cami2v_256" in info and info.endswith("tiny_realcam.safetensors on tiny_base.safetensors")
+    whole = cami2v_model[0].core.state_dict()
+    merged = model.core.state_dict()
+    assert merged.keys() == whole.keys()
+    assert all(torch.equal(merged[k], whole[k]) for k in whole)  # the same model as the full CamI2V file
+    assert model.patchers["pose_encoder"].model is model.core.pose_encoder
+
+
 def prepare(nodes, model, image):
     guidance, frame = nodes["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
         model=model, image=image, mode="i2v", width=64, height=64, fit="crop", frames=FRAMES)
