@@ -1,6 +1,6 @@
 """CamI2V's camera on the native MODEL in a real ComfyUI (in-process, CPU): through ComfyUI's SamplerCustomAdvanced it
 gives I2V Sampler's latents for the same path and seed, and with Context Windows each window's UNet calls take that
-window's own frames' poses."""
+window's own frames' poses; a RealCam-style file loads on the base chosen in Load DynamiCrafter."""
 import pytest
 import torch
 
@@ -87,3 +87,34 @@ def test_context_windows_give_each_window_its_frames_poses(real, cami2v, pack): 
     last = pack.nodes.camera.Camera.features(camera, cami2v.core, list(range(8, 24)), 64, 64, torch.device("cpu"), 1)
     assert any(torch.equal(c.features[0], last.features[0]) for c in seen)  # the last window's own poses
     assert not torch.equal(seen[0].features[0], last.features[0])
+
+
+def test_a_realcam_file_on_its_base_animates_as_the_whole_cami2v_file(real, comfy, cami2v, tmp_path):  # noqa: F811
+    """Load DynamiCrafter's base_ckpt_name in a real ComfyUI: the list holds the folder's files, a RealCam-style file
+    (only the camera weights) without a base gets the sentence, and with its base it gives the whole file's video."""
+    from safetensors.torch import load_file, save_file
+
+    full = load_file(str(CAMI2V / "tiny_cami2v.safetensors"))
+    camera = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
+    save_file({k: full[k] for k in camera}, str(tmp_path / "tiny_realcam.safetensors"))
+    save_file({k: v for k, v in full.items() if k not in camera}, str(tmp_path / "tiny_realcam_base.safetensors"))
+    (tmp_path / "tiny_realcam.json").write_text((CAMI2V / "tiny_cami2v.config.json").read_text())
+    comfy["folder_paths"].add_model_folder_path("dynamicrafter", str(tmp_path))
+    loader = real["DynamiCrafterAnimate_Loader"]
+    choices = type(loader).INPUT_TYPES()["optional"]["base_ckpt_name"][0]
+    assert choices[0] == "none" and {"tiny_realcam_base.safetensors", "tiny_cami2v.safetensors"} <= set(choices)
+    with pytest.raises(ValueError, match="holds only RealCam-I2V's camera weights.*choose that checkpoint in "
+                                         "base_ckpt_name"):
+        loader.load(ckpt_name="tiny_realcam.safetensors", weight_dtype="fp32", variant="auto")
+    realcam, info = loader.load(ckpt_name="tiny_realcam.safetensors", weight_dtype="fp32", variant="auto",
+                                base_ckpt_name="tiny_realcam_base.safetensors")
+    assert "cami2v_256" in info
+    (camera,) = real["DynamiCrafterAnimate_CameraTrajectory"].trajectory(motion="orbit left", speed=4.0, length=8,
+                                                                         camera_cfg=1.0)
+    videos = []
+    for model in (cami2v, realcam):
+        context, guidance = encode(real, model, 8)
+        _, latent = real["DynamiCrafterAnimate_I2VSampler"].generate(model=model, context=context, guidance=guidance,
+                                                                     seed=5, camera=camera, **FAST)
+        videos.append(latent["samples"])
+    assert torch.equal(videos[0], videos[1])
