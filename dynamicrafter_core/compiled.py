@@ -28,18 +28,39 @@ COMPILED_LAYERS = (ResBlock, SpatialTransformer, TemporalTransformer)
 RECOMPILE_LIMIT = 16 * 3 * 2
 
 
-def compile_layers(module: torch.nn.Module) -> int:
+def compile_layers(module: torch.nn.Module, fullgraph: bool = True) -> int:
     """Compile every ResBlock and transformer inside `module` (a UNet, or the sketch ControlNet) in place; returns
-    how many. Their weights stay where they are: nothing is copied."""
+    how many were not compiled before. Their weights stay where they are: nothing is copied. fullgraph=False lets a layer run code the compiler
+    cannot trace (a host's own weight casting or streaming) eagerly between compiled pieces instead of refusing it."""
+    return use_compiled(module, True, fullgraph)
+
+
+def use_compiled(module: torch.nn.Module, enabled: bool, fullgraph: bool = True) -> int:
+    """Switch the compiled forward of every ResBlock and transformer inside `module` on (each layer compiles at its
+    first call, once per process) or off (eager again, the same code as never compiled); returns how many layers were
+    newly set up to compile, so 0 when they all had been (their graphs are reused)."""
     layers = [m for m in module.modules() if isinstance(m, COMPILED_LAYERS)]
-    # All layers of one kind share one frame (their class's forward), and each of its shapes counts against the
-    # frame's recompile limit (8 by default), past which torch silently runs the layer eager. (torch < 2.6 names the
-    # limits cache_size_limit and accumulated_cache_size_limit.)
+    if enabled:
+        raise_recompile_limits()
+    new = 0
+    for layer in layers:
+        if not enabled:
+            layer._compiled_call_impl = None  # what nn.Module.compile() sets; None is the module's eager call
+        elif getattr(layer, "_compiled_forward", None) is not None:
+            layer._compiled_call_impl = layer._compiled_forward  # switched off and on again: the same graphs
+        else:
+            layer.compile(dynamic=False, fullgraph=fullgraph)
+            layer._compiled_forward = layer._compiled_call_impl
+            new += 1
+    return new
+
+
+def raise_recompile_limits() -> None:
+    """All layers of one kind share one frame (their class's forward), and each of its shapes counts against the
+    frame's recompile limit (8 by default), past which torch silently runs the layer eager. (torch < 2.6 names the
+    limits cache_size_limit and accumulated_cache_size_limit.)"""
     config = torch._dynamo.config
     for name, value in (("recompile_limit", RECOMPILE_LIMIT), ("accumulated_recompile_limit", 4 * RECOMPILE_LIMIT)):
         if not hasattr(config, name):
             name = name.replace("recompile", "cache_size")
         setattr(config, name, max(getattr(config, name), value))
-    for layer in layers:
-        layer.compile(dynamic=False, fullgraph=True)
-    return len(layers)

@@ -9,7 +9,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from dynamicrafter_core import bench
-from dynamicrafter_core.compiled import COMPILED_LAYERS, compile_layers
+from dynamicrafter_core.compiled import COMPILED_LAYERS, compile_layers, use_compiled
 from dynamicrafter_core.pipeline import sample
 
 pytestmark = pytest.mark.slow  # each test compiles about 20 small graphs: tens of seconds on two cores
@@ -64,6 +64,21 @@ def test_compiled_layers_give_the_eager_output(model, unet_inputs):
         compile_layers(unet)
         fast = unet(*unet_inputs)
     assert ((fast - eager).abs().max() / eager.std()).item() <= SAME
+
+
+def test_switched_off_the_layers_run_eager_and_switched_on_again_reuse_their_graphs(model, unet_inputs):
+    """What I2V Sampler's `compile` does around each run: on for its sampling, off for every other node after it."""
+    unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        eager = unet(*unet_inputs)
+        assert use_compiled(unet, True) > 0
+        fast = unet(*unet_inputs)
+        assert use_compiled(unet, False) == 0
+        assert torch.equal(unet(*unet_inputs), eager)  # eager again: the very same numbers
+        before = graphs()
+        assert use_compiled(unet, True) == 0  # nothing new to set up
+        again = unet(*unet_inputs)
+    assert graphs() == before and torch.equal(again, fast)
 
 
 def test_timing_the_compiled_unet_does_not_recompile_it():

@@ -56,13 +56,13 @@ def load(real, weight_dtype="auto", variant="auto"):
     return loader.load(ckpt_name=TINY, weight_dtype=weight_dtype, variant=variant)
 
 
-def i2v(real, model, seed=7, unique_id=None):
+def i2v(real, model, seed=7, unique_id=None, **options):
     guidance, frame = real["DynamiCrafterAnimate_VisualDetailGuidance"].encode(
         model=model, image=comfy_image((96, 128)), mode="i2v", width=64, height=64, fit="crop", frames=4)
     (context,) = real["DynamiCrafterAnimate_EncodeImageContext"].encode(model=model, image=frame, prompt="a cat",
                                                                         negative_prompt="")
     frames, _ = real["DynamiCrafterAnimate_I2VSampler"].generate(model=model, context=context, guidance=guidance,
-                                                                 seed=seed, unique_id=unique_id, **FAST)
+                                                                 seed=seed, unique_id=unique_id, **FAST, **options)
     return frames, frame
 
 

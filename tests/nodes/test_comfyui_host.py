@@ -61,6 +61,25 @@ def test_dynamic_vram_interpolates_and_chains_keyframes_with_the_same_frames(rea
         assert torch.equal(frames, reference)
 
 
+@pytest.mark.parametrize("vram", ["estimated", "dynamic"])
+def test_i2v_samplers_compile_option_keeps_the_frames_and_leaves_other_runs_eager(real, request, vram):
+    """I2V Sampler's `compile`: the frames of the eager run within float rounding, the first run's graphs reused by
+    the next, and the model eager again for every run without it (the same frames as before, exactly)."""
+    from torch._dynamo.utils import counters
+
+    if vram == "dynamic":
+        request.getfixturevalue("dynamic_vram")
+    model, _ = load(real)
+    eager = i2v(real, model)[0]
+    compiled = i2v(real, model, compile=True)[0]
+    assert 0 < (compiled - eager).abs().max() < 1e-3  # compiled (its fusions round differently), and the same video
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.equal(i2v(real, model, compile=True)[0], compiled)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
+    assert torch.equal(i2v(real, model, compile=False)[0], eager)
+    assert torch.equal(i2v(real, model)[0], eager)
+
+
 def test_the_model_output_holds_its_patchers_for_comfyuis_cache(real, comfy, dynamic_vram):
     import comfy.model_patcher as patchers
 
