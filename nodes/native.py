@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from ..dynamicrafter_core import noise as seed_noise
+from ..dynamicrafter_core.compiled import use_compiled
 from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.sampler import combine_cfg, ddim_sigma, ddim_update, exact_alphas_cumprod, rescale_cfg
 from ..dynamicrafter_core.unet import TEXT_TOKENS, BlockPatches
@@ -77,6 +78,7 @@ class ScheduleTables:
 BRANCH = "dynamicrafter_branch"  # one per conditioning: the guidance branches
 CONTROLLED = "dynamicrafter_controlled"  # a ControlNet or the sketch encoder runs beside the UNet
 FRAME_CHECKS = "dynamicrafter_frame_checks"  # transformer_options key of a sampling run's FrameChecks
+COMPILE = "dynamicrafter_compile"  # model_options key: the UNet runs compiled layer by layer in this MODEL's runs
 
 
 class FrameChecks:
@@ -242,7 +244,8 @@ def comfyui_version() -> str:
 def sampling_run(executor, *args, **kwargs):
     """An OUTER_SAMPLE wrapper around every sampling run of DynamiCrafter Model's MODEL (KSampler, SamplerCustom,
     SamplerCustomAdvanced, any guider): refuses context windows this ComfyUI cannot run on it, names the patches
-    that do not reach its UNet once, and reads the run's frame checks (FrameChecks) when it ends."""
+    that do not reach its UNet once, runs the UNet compiled when DynamiCrafter Model asked for it, and reads the run's
+    frame checks (FrameChecks) when it ends."""
     options = executor.class_obj.model_options
     handler = options.get("context_handler")
     if handler is not None and context_windows_fail_for_frames_in_batch(handler):
@@ -256,15 +259,23 @@ def sampling_run(executor, *args, **kwargs):
         log.warning("DynamiCrafter's UNet does not run %s: attention patches and replacements (PAG, SAG, HyperTile, "
                     "IP-Adapter, ...) have no effect on this model", ", ".join(skipped))
     checks = transformer_options[FRAME_CHECKS] = FrameChecks()
-    out = executor(*args, **kwargs)
+    unet = executor.class_obj.model_patcher.model.diffusion_model
+    # graph breaks allowed: ComfyUI's weight casting and streaming run eagerly between the compiled pieces
+    if use_compiled(unet, bool(options.get(COMPILE)), fullgraph=False):
+        log.info("DynamiCrafter Model: the UNet is compiled layer by layer during the first step (about 100 s on an "
+                 "H200, minutes on a CPU); later steps and runs reuse the graphs")
+    try:
+        out = executor(*args, **kwargs)
+    finally:  # other runs sharing these weights (I2V Sampler, a MODEL without compile) run them eagerly
+        use_compiled(unet, False)
     checks.check()
     return out
 
 
-def native_patcher(patcher):
-    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers. Refused on a
-    ComfyUI whose internals that the native classes override or read changed (comfy_model.INTERNALS), rather than
-    run wrong."""
+def native_patcher(patcher, compile_unet: bool = False):
+    """DynamiCrafter Model's MODEL: a clone of the shared patcher with the native path's wrappers (and, with
+    compile_unet, its UNet compiled layer by layer in its sampling runs). Refused on a ComfyUI whose internals that
+    the native classes override or read changed (comfy_model.INTERNALS), rather than run wrong."""
     import comfy.patcher_extension
 
     from . import comfy_model
@@ -278,6 +289,7 @@ def native_patcher(patcher):
     wrappers = comfy.patcher_extension.WrappersMP
     model.add_wrapper_with_key(wrappers.CALC_COND_BATCH, "dynamicrafter_hints", hints_per_window)
     model.add_wrapper_with_key(wrappers.OUTER_SAMPLE, "dynamicrafter_run", sampling_run)
+    model.model_options[COMPILE] = compile_unet
     return model
 
 

@@ -7,6 +7,8 @@ Conditioning, gives I2V Sampler's latents for the same settings.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..dynamicrafter_core.errors import InputError
@@ -18,7 +20,7 @@ from ..dynamicrafter_core.schedule import prompt_at
 from ..dynamicrafter_core.settings import SEED_RANGE, check_fs
 from . import native
 from .guidance import check_interpolation
-from .sampler import SAMPLING_INPUTS, decode, latent_output, sketch_options
+from .sampler import COMPILE_INPUT, SAMPLING_INPUTS, decode, latent_output, sketch_options
 from .camera import CAMERA, camera_of
 from .sketch import SKETCH
 from .sockets import CONTEXT, GUIDANCE, MODEL_INPUT, DynamiCrafterModel, Guidance, ImageContext, expect
@@ -41,11 +43,11 @@ class NativeModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": MODEL_INPUT}}
+        return {"required": {"model": MODEL_INPUT}, "optional": {"compile": COMPILE_INPUT}}
 
-    def convert(self, model):
+    def convert(self, model, compile: Optional[bool] = None):  # noqa: A002 (the input's name)
         model = expect(model, DynamiCrafterModel, "model", "Load DynamiCrafter")
-        return (native.native_patcher(model.patcher),)
+        return (native.native_patcher(model.patcher, compile_unet=bool(compile)),)
 
 
 class Conditioning:

@@ -61,10 +61,10 @@ def custom_advanced(noise, guider, sampler, sigmas, latent):
 
 
 def native(real, model, context, guidance, seed, steps=3, cfg=7.5, image_cfg=0.0, eta=1.0, guidance_rescale=-1.0,
-           end="original", patch=None):
+           end="original", patch=None, compile=None):  # noqa: A002 (DynamiCrafter Model's input)
     """Our nodes on ComfyUI's SamplerCustomAdvanced: DynamiCrafter Model, Conditioning, Noise, Guider, DDIM Sampler,
     Scheduler. `patch`: a function MODEL -> MODEL (ComfyUI nodes between DynamiCrafter Model and the guider)."""
-    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model)
+    (unet,) = real["DynamiCrafterAnimate_NativeModel"].convert(model, compile=compile)
     if patch is not None:
         unet = patch(unet)
     positive, negative, latent = real["DynamiCrafterAnimate_Conditioning"].condition(model, context, guidance, seed, 0)
@@ -87,6 +87,24 @@ def test_our_pieces_on_samplercustomadvanced_give_the_bundled_samplers_latents(r
     assert torch.equal(latent["samples"], expected)  # what the README says the tests show (CPU, float32 weights)
     (decoded,) = real["DynamiCrafterAnimate_Decode"].decode(model, latent)
     assert (decoded - frames).abs().max() < 1e-3
+
+
+def test_dynamicrafter_models_compile_option_keeps_the_latents_and_leaves_other_runs_eager(real, model):
+    """DynamiCrafter Model's `compile`: its runs give the eager latents within float rounding and reuse their graphs;
+    a MODEL without it and I2V Sampler, on the same weights, run eagerly after it (the same latents, exactly)."""
+    from torch._dynamo.utils import counters
+
+    context, guidance = encode(real, model)
+    eager = native(real, model, context, guidance, 5)["samples"]
+    compiled = native(real, model, context, guidance, 5, compile=True)["samples"]
+    # the compiled UNet is the eager one within 1e-4 of its std (tests/bench/test_compiled.py); the guidance scales
+    # that by up to cfg (7.5): 7.4e-4 here
+    assert 0 < error(compiled, eager) < 1e-3
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.equal(native(real, model, context, guidance, 5, compile=True)["samples"], compiled)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled again
+    assert torch.equal(native(real, model, context, guidance, 5)["samples"], eager)
+    assert torch.equal(bundled(real, model, context, guidance, 5)[1], eager)
 
 
 def test_the_native_path_gives_the_same_latents_under_dynamic_vram(real, request):
