@@ -18,9 +18,14 @@ compiles its own graphs once. The fusions reorder the arithmetic, so outputs dif
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 
 from .unet import ResBlock, SpatialTransformer, TemporalTransformer
+
+log = logging.getLogger(__name__)
 
 COMPILED_LAYERS = (ResBlock, SpatialTransformer, TemporalTransformer)
 # distinct (layer kind, shape) pairs: a released UNet has up to 16 ResBlock shapes and 4 shapes of each transformer
@@ -30,9 +35,24 @@ RECOMPILE_LIMIT = 16 * 3 * 2
 
 def compile_layers(module: torch.nn.Module, fullgraph: bool = True) -> int:
     """Compile every ResBlock and transformer inside `module` (a UNet, or the sketch ControlNet) in place; returns
-    how many were not compiled before. Their weights stay where they are: nothing is copied. fullgraph=False lets a layer run code the compiler
-    cannot trace (a host's own weight casting or streaming) eagerly between compiled pieces instead of refusing it."""
+    how many were not compiled before. Their weights stay where they are: nothing is copied. fullgraph=False lets a
+    layer run code the compiler cannot trace (a host's own weight casting or streaming) eagerly between compiled
+    pieces instead of refusing it."""
     return use_compiled(module, True, fullgraph)
+
+
+@contextlib.contextmanager
+def compiled_during(module: torch.nn.Module, enabled: bool, who: str):
+    """The layers compiled inside the block when `enabled` (graph breaks allowed: a host's layers may cast or fetch
+    their weights in Python), eager inside it otherwise, and eager after it either way: other users of the same
+    weights run them as written, and the next compiled block reuses the graphs."""
+    if use_compiled(module, enabled, fullgraph=False):
+        log.info("%s: the UNet is compiled layer by layer during the first step (about 100 s on an H200, minutes on "
+                 "a CPU); later steps and runs reuse the graphs", who)
+    try:
+        yield
+    finally:
+        use_compiled(module, False)
 
 
 def use_compiled(module: torch.nn.Module, enabled: bool, fullgraph: bool = True) -> int:

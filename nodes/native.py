@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from ..dynamicrafter_core import noise as seed_noise
-from ..dynamicrafter_core.compiled import use_compiled
+from ..dynamicrafter_core.compiled import compiled_during
 from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.sampler import combine_cfg, ddim_sigma, ddim_update, exact_alphas_cumprod, rescale_cfg
 from ..dynamicrafter_core.unet import TEXT_TOKENS, BlockPatches
@@ -260,14 +260,8 @@ def sampling_run(executor, *args, **kwargs):
                     "IP-Adapter, ...) have no effect on this model", ", ".join(skipped))
     checks = transformer_options[FRAME_CHECKS] = FrameChecks()
     unet = executor.class_obj.model_patcher.model.diffusion_model
-    # graph breaks allowed: ComfyUI's weight casting and streaming run eagerly between the compiled pieces
-    if use_compiled(unet, bool(options.get(COMPILE)), fullgraph=False):
-        log.info("DynamiCrafter Model: the UNet is compiled layer by layer during the first step (about 100 s on an "
-                 "H200, minutes on a CPU); later steps and runs reuse the graphs")
-    try:
+    with compiled_during(unet, bool(options.get(COMPILE)), "DynamiCrafter Model"):
         out = executor(*args, **kwargs)
-    finally:  # other runs sharing these weights (I2V Sampler, a MODEL without compile) run them eagerly
-        use_compiled(unet, False)
     checks.check()
     return out
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..dynamicrafter_core.compiled import use_compiled
+from ..dynamicrafter_core.compiled import compiled_during
 from ..dynamicrafter_core.errors import InputError
 from ..dynamicrafter_core.noise import generator as seed_generator
 from ..dynamicrafter_core.pipeline import draw_visual_detail_guidance, fit_image, frames_to_images, sample
@@ -217,15 +217,9 @@ class I2VSampler(_VideoSampler):
         load_unet(model, mean.shape[0], guidance.frames, mean.shape[-2:],
                   {**options, "camera_cfg": camera.camera_cfg if camera is not None else 1.0}, sketch)
         report = host.progress(len(timesteps(model, options)), unique_id, model.device("unet"))
-        # graph breaks allowed: ComfyUI's weight casting and streaming run eagerly between the compiled pieces
-        if use_compiled(model.core.unet, bool(compile), fullgraph=False):
-            log.info("I2V Sampler: the UNet is compiled layer by layer during the first step (about 100 s on an "
-                     "H200, minutes on a CPU); later steps and runs reuse the graphs")
-        try:
+        with compiled_during(model.core.unet, bool(compile), "I2V Sampler"):
             latents = sample_video(model, context, guidance.start, guidance.end, guidance.frames, seed, options,
                                    lambda i, denoised: report(i + 1, denoised), sketching, camera)
-        finally:  # the other nodes sharing this model run it eagerly; the graphs stay for this node's next run
-            use_compiled(model.core.unet, False)
         video = decode(model, latents, guidance.references)
         if guidance.mode == "loop":  # the last frame repeats the first
             latents, video = latents[:, :, :-1], video[:, :, :-1]
