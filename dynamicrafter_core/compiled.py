@@ -33,12 +33,10 @@ COMPILED_LAYERS = (ResBlock, SpatialTransformer, TemporalTransformer)
 RECOMPILE_LIMIT = 16 * 3 * 2
 
 
-def compile_layers(module: torch.nn.Module, fullgraph: bool = True) -> int:
-    """Compile every ResBlock and transformer inside `module` (a UNet, or the sketch ControlNet) in place; returns
-    how many were not compiled before. Their weights stay where they are: nothing is copied. fullgraph=False lets a
-    layer run code the compiler cannot trace (a host's own weight casting or streaming) eagerly between compiled
-    pieces instead of refusing it."""
-    return use_compiled(module, True, fullgraph)
+def compile_layers(module: torch.nn.Module) -> int:
+    """Compile every ResBlock and transformer inside `module` (a UNet, or the sketch ControlNet) in place, no graph
+    break allowed; returns how many were not compiled before. Their weights stay where they are: nothing is copied."""
+    return use_compiled(module, True)
 
 
 @contextlib.contextmanager
@@ -58,7 +56,9 @@ def compiled_during(module: torch.nn.Module, enabled: bool, who: str):
 def use_compiled(module: torch.nn.Module, enabled: bool, fullgraph: bool = True) -> int:
     """Switch the compiled forward of every ResBlock and transformer inside `module` on (each layer compiles at its
     first call, once per process) or off (eager again, the same code as never compiled); returns how many layers were
-    newly set up to compile, so 0 when they all had been (their graphs are reused)."""
+    newly set up to compile, so 0 when they all had been (their graphs are reused). fullgraph=False lets a layer run
+    code the compiler cannot trace (a host's own weight casting or streaming) eagerly between compiled pieces instead
+    of refusing it."""
     layers = [m for m in module.modules() if isinstance(m, COMPILED_LAYERS)]
     if enabled:
         raise_recompile_limits()

@@ -12,6 +12,20 @@ CHECKPOINT = FIXTURE / "tiny_v07.safetensors"
 CONFIG_FILE = FIXTURE / "tiny_v07.config.json"
 
 
+CAMI2V_CHECKPOINT = TESTS / "fixtures" / "tiny_cami2v" / "tiny_cami2v.safetensors"
+
+
+def write_realcam_split(camera_file: Path, base_file: Path) -> None:
+    """The tiny CamI2V checkpoint split as RealCam-I2V ships its weights: `camera_file` gets only the camera weights
+    (pose encoder, Plücker projections, epipolar attention), `base_file` the DynamiCrafter rest they load on."""
+    from safetensors.torch import load_file, save_file
+
+    full = load_file(str(CAMI2V_CHECKPOINT))
+    camera = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
+    save_file({k: full[k] for k in camera}, str(camera_file))
+    save_file({k: v for k, v in full.items() if k not in camera}, str(base_file))
+
+
 def pytest_report_header(config):
     # pyproject's addopts leave the slow tier out; say so at the top, so that "N deselected" is not a mystery
     if config.getoption("markexpr") == "not slow":

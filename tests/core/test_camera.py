@@ -6,16 +6,15 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import dynamicrafter_core as dc
 from dynamicrafter_core import camera, epipolar
-from dynamicrafter_core.epipolar import CameraFeatures, EpipolarMasks
+from dynamicrafter_core.epipolar import EpipolarMasks
 from dynamicrafter_core.errors import CheckpointError, InputError
 from dynamicrafter_core.sampler import cfg_denoiser
 from dynamicrafter_core.trajectory import PRESETS, CameraPath, camera_path, preset_path, read_pose_file
 
-from ..conftest import TESTS
+from ..conftest import TESTS, write_realcam_split
 
 CAMI2V = TESTS / "fixtures" / "tiny_cami2v"
 CAMI2V_FILE = CAMI2V / "tiny_cami2v.safetensors"
@@ -253,11 +252,8 @@ def test_a_camera_that_does_not_fit_is_refused(cami2v, tiny_model):
 
 
 def test_realcam_partial_files_load_on_a_base_file(tmp_path, cami2v_config, cami2v):
-    full = load_file(str(CAMI2V_FILE))
-    camera_keys = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
     partial, base = tmp_path / "realcam.safetensors", tmp_path / "base.safetensors"
-    save_file({k: full[k] for k in camera_keys}, str(partial))
-    save_file({k: v for k, v in full.items() if k not in camera_keys}, str(base))
+    write_realcam_split(partial, base)
     with pytest.raises(CheckpointError, match="only camera weights.*base"):
         dc.load_model(partial, config=cami2v_config)
     merged = dc.load_model(partial, config=cami2v_config, base=base)
@@ -269,11 +265,8 @@ def test_realcam_partial_files_load_on_a_base_file(tmp_path, cami2v_config, cami
 def test_loading_a_realcam_file_warns_once_that_translations_are_not_metric_scaled(tmp_path, cami2v_config,
                                                                                    monkeypatch, caplog):
     from dynamicrafter_core import checkpoint
-    full = load_file(str(CAMI2V_FILE))
-    camera_keys = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
     partial, base = tmp_path / "realcam.safetensors", tmp_path / "base.safetensors"
-    save_file({k: full[k] for k in camera_keys}, str(partial))
-    save_file({k: v for k, v in full.items() if k not in camera_keys}, str(base))
+    write_realcam_split(partial, base)
     monkeypatch.setattr(checkpoint, "_realcam_depth_warned", False)
     with caplog.at_level("WARNING", logger=checkpoint.log.name):
         dc.load_model(CAMI2V_FILE, config=cami2v_config)  # a full CamI2V file: nothing to say

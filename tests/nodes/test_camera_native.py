@@ -4,6 +4,7 @@ window's own frames' poses; a RealCam-style file loads on the base chosen in Loa
 import pytest
 import torch
 
+from ..conftest import write_realcam_split
 from .helpers import ROOT, comfy_image
 from .real_host import comfy, pytestmark, real  # noqa: F401
 from .test_native import NORMALISED, context_windows, custom_advanced, error
@@ -92,12 +93,7 @@ def test_context_windows_give_each_window_its_frames_poses(real, cami2v, pack): 
 def test_a_realcam_file_on_its_base_animates_as_the_whole_cami2v_file(real, comfy, cami2v, tmp_path):  # noqa: F811
     """Load DynamiCrafter's base_ckpt_name in a real ComfyUI: the list holds the folder's files, a RealCam-style file
     (only the camera weights) without a base gets the sentence, and with its base it gives the whole file's video."""
-    from safetensors.torch import load_file, save_file
-
-    full = load_file(str(CAMI2V / "tiny_cami2v.safetensors"))
-    camera = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
-    save_file({k: full[k] for k in camera}, str(tmp_path / "tiny_realcam.safetensors"))
-    save_file({k: v for k, v in full.items() if k not in camera}, str(tmp_path / "tiny_realcam_base.safetensors"))
+    write_realcam_split(tmp_path / "tiny_realcam.safetensors", tmp_path / "tiny_realcam_base.safetensors")
     (tmp_path / "tiny_realcam.json").write_text((CAMI2V / "tiny_cami2v.config.json").read_text())
     comfy["folder_paths"].add_model_folder_path("dynamicrafter", str(tmp_path))
     loader = real["DynamiCrafterAnimate_Loader"]

@@ -10,6 +10,7 @@ import torch
 from dynamicrafter_core.pipeline import animate
 from dynamicrafter_core.trajectory import preset_path
 
+from ..conftest import write_realcam_split
 from .fake_host import FakeHost, hosting
 from .helpers import ROOT, comfy_image
 from .test_nodes import FAST
@@ -49,13 +50,8 @@ def camera_nodes(pack, cami2v_folder, monkeypatch):
 def realcam_folder(tmp_path_factory):
     """models/dynamicrafter with a RealCam-I2V-style file (only the tiny CamI2V's camera weights, with its sidecar)
     and the DynamiCrafter file it loads on (everything else)."""
-    from safetensors.torch import load_file, save_file
-
     folder = tmp_path_factory.mktemp("realcam")
-    full = load_file(str(CAMI2V / CAMI2V_FILE))
-    camera = {k for k in full if k.startswith("pose_encoder.") or ".pluker_projection." in k or ".epipolar." in k}
-    save_file({k: full[k] for k in camera}, str(folder / "tiny_realcam.safetensors"))
-    save_file({k: v for k, v in full.items() if k not in camera}, str(folder / "tiny_base.safetensors"))
+    write_realcam_split(folder / "tiny_realcam.safetensors", folder / "tiny_base.safetensors")
     (folder / "tiny_realcam.json").write_text((CAMI2V / "tiny_cami2v.config.json").read_text())
     return folder
 
