@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="torch.compile the UNet layer by layer: on an H200 each step takes 0.087 s instead of "
                             "0.134 s (512, bf16) after a first step that compiles (about 100 s; about 10 s in later "
                             "runs, from torch's cache); pays for itself from a few videos on")
+        p.add_argument("--fp8", choices=("weights", "matmul"),
+                       help="the UNet's weights in float8: 'weights' stores them in 8 bits (half of bf16's memory) "
+                            "and computes in --dtype; 'matmul' also multiplies its linear layers in float8 on the "
+                            "tensor cores of Ada / Hopper GPUs (bf16 only). Both move the video further from the "
+                            "original's than bf16 does: `python -m dynamicrafter_core.bench --fp8-matmul` prints how far")
         p.add_argument("--dtype", default="auto", choices=DTYPES,
                        help="compute dtype (auto: bf16 on GPUs that have it, else fp16, fp32 on the CPU); the VAE "
                             "never runs in fp16, where it overflows (black frames): it takes fp32 then")
@@ -138,6 +143,19 @@ def _device_and_dtype(device: str, dtype: str):
         else:
             dtype = "fp32"
     return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _check_fp8_matmul(device: str, dtype) -> None:
+    """--fp8 matmul's needs, before the (slow) model load."""
+    import torch
+
+    from .unet import fp8_matmul_unsupported
+
+    if dtype != torch.bfloat16:
+        raise InputError(f"--fp8 matmul computes in bf16, not {str(dtype).replace('torch.', '')}: add --dtype bf16 "
+                         "(or leave --dtype out)")
+    if (why := fp8_matmul_unsupported(torch.device(device))) is not None:
+        raise InputError(f"--fp8 matmul cannot run here: {why}. Use --fp8 weights, which any device runs")
 
 
 def _long(args) -> bool:
@@ -275,7 +293,10 @@ def run(args) -> Path:
     _check_settings(args)
     image = load_image(args.image)
     end_image = load_image(end) if end is not None else None
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    matmul = args.fp8 == "matmul"
+    device, dtype = _device_and_dtype(args.device, "bf16" if matmul and args.dtype == "auto" else args.dtype)
+    if matmul:
+        _check_fp8_matmul(device, dtype)
     path = _checkpoint(args, mode)
     # 512 and 512_interp weights look alike: asking for interpolation says which one the file is, unless told
     override = args.variant or (None if mode == "i2v" else "512_interp")
@@ -289,6 +310,10 @@ def run(args) -> Path:
     if dtype == torch.float16:
         model.vae.float()  # as ComfyUI's nodes: this VAE overflows in fp16 (black frames)
     print(model.describe(), file=sys.stderr)
+    if args.fp8:
+        model.unet.store_fp8(dtype, matmul=matmul)
+        print(f"the UNet's weights are stored in float8{', its linear layers multiply in float8' if matmul else ''}",
+              file=sys.stderr)
     if args.compile:
         compile_layers(model.unet)
         print("the UNet is compiled layer by layer: the first step compiles (minutes on a slow CPU), the others run "

@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -112,7 +113,9 @@ def write_checkpoint(path: Path, cfg: ModelConfig, variant: str, device: torch.d
     return path
 
 
-def build_model(args, device: torch.device, dtype: torch.dtype) -> DynamiCrafter:
+def build_model(args, device: torch.device, dtype: torch.dtype, record: Optional[dict] = None) -> DynamiCrafter:
+    """The model to time, with the run's settings applied; with --fp8 / --fp8-matmul, record["fp8_distance"] says how
+    far float8 moves one guided step's output from the same weights in --dtype."""
     from .checkpoint import load_model
 
     if args.checkpoint is not None:
@@ -125,8 +128,12 @@ def build_model(args, device: torch.device, dtype: torch.dtype) -> DynamiCrafter
     else:
         model = random_model(VARIANT_CONFIGS[args.variant], args.variant, device, dtype, args.seed)
     unet = model.unet
-    if args.fp8:
-        unet.store_fp8(dtype)
+    if args.fp8 or args.fp8_matmul:
+        reference = guided_step(model, step_inputs(model, args))
+        unet.store_fp8(dtype, matmul=args.fp8_matmul)
+        distance = relative_distance(guided_step(model, step_inputs(model, args)), reference)
+        if record is not None:
+            record["fp8_distance"] = distance
     unet.channels_last = args.channels_last
     if args.ff_tokens is not None:
         unet.ff_tokens = args.ff_tokens
@@ -274,22 +281,40 @@ def pipeline_run(model: DynamiCrafter, args, device: torch.device, steps: int):
     return video, record
 
 
-def unet_step_runs(model: DynamiCrafter, args, device: torch.device):
-    """Closures for one DDIM step (one guided UNet evaluation) at the requested size: the optimised path, and with
-    --baseline the straightforward one, on the same inputs (eta 0, so the outputs are comparable)."""
+def step_inputs(model: DynamiCrafter, args) -> dict:
+    """One DDIM step's inputs at the requested size, from --seed: the two contexts, the visual detail guidance, the
+    noise, and the guidance scale."""
     (h, w), frames = (args.size[0] // 8, args.size[1] // 8), args.frames
     generator = torch.Generator().manual_seed(args.seed)
     width = model.config.unet.context_dim
     context, uncond = (torch.randn(1, TEXT_TOKENS + IMAGE_TOKENS_PER_FRAME * frames, width, generator=generator)
                        for _ in range(2))
     concat, x_T = (torch.randn(1, 4, frames, h, w, generator=generator) for _ in range(2))
+    return {"context": context, "uncond_context": uncond, "concat": concat, "x_T": x_T, "cfg": args.cfg}
+
+
+def guided_step(model: DynamiCrafter, inputs: dict, baseline: bool = False) -> torch.Tensor:
+    """One deterministic (eta 0) DDIM step: one guided UNet evaluation, both branches in one call unless
+    `baseline`."""
+    return sample(model, steps=1, eta=0.0, batch_branches=not baseline, **inputs)
+
+
+def relative_distance(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |output - reference| over the reference's std."""
+    output, reference = output.float(), reference.float()
+    return ((output - reference).abs().max() / (reference.std() + 1e-12)).item()
+
+
+def unet_step_runs(model: DynamiCrafter, args, device: torch.device):
+    """Closures for one DDIM step (one guided UNet evaluation) at the requested size: the optimised path, and with
+    --baseline the straightforward one, on the same inputs (eta 0, so the outputs are comparable)."""
+    inputs = step_inputs(model, args)
 
     def step(baseline: bool):
         def run(warm: bool):
             record = {}
             with measured(record, "unet_step", device), straightforward(model.unet, baseline):
-                latents = sample(model, context, uncond, concat, steps=1, cfg=args.cfg, eta=0.0, x_T=x_T,
-                                 batch_branches=not baseline)
+                latents = guided_step(model, inputs, baseline)
             return latents, record
         return run
 
@@ -335,7 +360,8 @@ def gib(n: int) -> str:
 
 def print_table(result: dict) -> None:
     s = result["settings"]
-    flags = "".join(f", {k}" for k in ("fp8_weights", "channels_last", "compile", "low_memory", "baseline") if s[k])
+    flags = "".join(f", {k}" for k in ("fp8_weights", "fp8_matmul", "channels_last", "compile", "low_memory",
+                                        "baseline") if s[k])
     print(f"DynamiCrafter bench: {result['model']} ({result['weights']}) on {result['device']}")
     print(f"  {result['mode']}: {s['size'][0]}x{s['size'][1]}, {s['frames']} frames, {s['steps']} steps, "
           f"cfg {s['cfg']}, {s['dtype']}{flags}, {s['repeats']} repeats after {s['warmup']} warm-up")
@@ -351,6 +377,9 @@ def print_table(result: dict) -> None:
         print(f"  warm-up runs (--compile compiles there): "
               f"{', '.join(f'{w:.1f} s' for w in result['warmup_s'])}")
     print(f"\n  memory: {result['memory_kind']}")
+    if "fp8_distance" in result:
+        print(f"  float8: one guided step's output is {result['fp8_distance']:.3f} of its std (largest difference) "
+              f"from the same weights in {result['settings']['dtype']}")
     if "comparison" in result:
         c = result["comparison"]
         print(f"  speed-up over the straightforward implementation (median step): {c['speedup_median']:.2f}x "
@@ -361,7 +390,8 @@ def print_table(result: dict) -> None:
 
 def settings(args, dtype: torch.dtype) -> dict:
     return {"steps": args.steps, "cfg": args.cfg, "frames": args.frames, "size": list(args.size) if args.size else None,
-            "dtype": str(dtype).replace("torch.", ""), "fp8_weights": args.fp8, "channels_last": args.channels_last,
+            "dtype": str(dtype).replace("torch.", ""), "fp8_weights": args.fp8 or args.fp8_matmul,
+            "fp8_matmul": args.fp8_matmul, "channels_last": args.channels_last,
             "ff_tokens": args.ff_tokens, "compile": args.compile, "low_memory": args.low_memory,
             "decode_chunk": args.decode_chunk, "repeats": args.repeats, "warmup": args.warmup,
             "baseline": args.baseline, "torch": torch.__version__}
@@ -374,7 +404,7 @@ def compare(records: dict, outputs: dict) -> dict:
         r["unet_step"]["s"] for r in records["optimised"])
     a, b = outputs["optimised"].float(), outputs["baseline"].float()
     diff = (a - b).abs().max().item()
-    relative = diff / (b.std().item() + 1e-12)
+    relative = relative_distance(a, b)
     return {"speedup_median": slow / fast, "speedup_min": best, "max_abs_diff": diff, "relative_diff": relative,
             "same": relative <= SAME_TOLERANCE}
 
@@ -416,6 +446,9 @@ def parser() -> argparse.ArgumentParser:
                     help="DDIM steps of each warm-up run (default: --steps); --compile compiles in the first step, "
                          "so 2 are enough to warm it")
     ap.add_argument("--fp8", action="store_true", help="UNet weights stored in float8, computed in --dtype")
+    ap.add_argument("--fp8-matmul", action="store_true",
+                    help="UNet weights stored in float8, and the linear layers multiply in float8 (inputs quantised "
+                         "per token; needs --dtype bf16 and float8 tensor cores: Ada, Hopper, or a CPU)")
     ap.add_argument("--channels-last", action="store_true", help="run the UNet's hidden state NHWC")
     ap.add_argument("--ff-tokens", type=int, help="tokens per feed-forward call (0: all at once; default by device)")
     ap.add_argument("--compile", action="store_true",
@@ -448,6 +481,7 @@ def resolve(args):
         (args.warmup_steps is not None and args.warmup_steps < 1, "--warmup-steps must be >= 1"),
         (args.frames < 2, "--frames must be at least 2"),
         (args.compile and args.baseline, "--compile times the optimised path only; drop --baseline"),
+        (args.fp8_matmul and dtype != torch.bfloat16, "--fp8-matmul computes in bf16: add --dtype bf16"),
     ) if bad]
     if problems:
         parser().error("; ".join(problems))
@@ -553,7 +587,8 @@ def run(args) -> dict:
     if args.variant == "cami2v":
         return camera_cost(args)
     device, dtype = resolve(args)
-    model = build_model(args, device, dtype)
+    built = {}
+    model = build_model(args, device, dtype, built)
     cfg = model.config
     latent_hw = (args.size[0] // 8, args.size[1] // 8)
     if args.unet_step:
@@ -572,7 +607,7 @@ def run(args) -> dict:
         "weights": model.source, "device": describe_device(device), "memory_kind": memory_kind(device),
         "mode": "unet_step" if args.unet_step else "pipeline", "settings": settings(args, dtype),
         "flop_per_sample_step": flops, "branches": branches,
-        "runs": {name: summary(r) for name, r in records.items()}, "warmup_s": warmup_s,
+        "runs": {name: summary(r) for name, r in records.items()}, "warmup_s": warmup_s, **built,
     }
     result["tflops"] = {name: flops * branches / s["unet_step"]["median_s"] / 1e12
                         for name, s in result["runs"].items()}

@@ -35,17 +35,34 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--repeats", "1", "--warmup", "1", "--warmup-steps", "2"]
 
 
-def bench_rows(tiny: bool) -> list:
+# options not on by default, each compiled at 512 (the `options` part, not in the default run: each row compiles anew,
+# about 2 minutes on an H200): float8 products in the linear layers, and the hidden state channels-last (NHWC), which
+# would spare cuDNN its layout conversions around every convolution
+OPTION_ROWS = [("fp8 matmul", ["--fp8-matmul"]), ("channels-last", ["--channels-last"])]
+
+
+def bench_rows(tiny: bool, options: bool = False) -> list:
     """(row name, bench arguments). The compiled rows compile the UNet layer by layer (compiled.py); their first step,
-    where it compiles, is in the warm-up run and reported apart."""
+    where it compiles, is in the warm-up run and reported apart. options: the OPTION_ROWS instead."""
     if tiny:
-        tiny = ["--tiny", "--steps", "3"]  # at the fixture's own size (64x64, 4 frames): quick
-        return [("tiny, eager", tiny + COMMON), ("tiny, compiled", tiny + COMMON + ["--compile"])]
+        tiny = ["--tiny", "--steps", "3"] + COMMON  # at the fixture's own size (64x64, 4 frames): quick
+        if options:
+            return [(f"tiny, compiled, {name}", tiny + ["--dtype", "bf16", "--compile", *flags])
+                    for name, flags in OPTION_ROWS]
+        return [("tiny, eager", tiny), ("tiny, compiled", tiny + ["--compile"])]
     rows = []
-    for size in ("512", "1024"):
+    for size in ("512",) if options else ("512", "1024"):
         row = ["--variant", size, "--dtype", "bf16", "--steps", "50"] + COMMON
-        rows += [(f"{size} bf16", row), (f"{size} bf16, compiled", row + ["--compile"])]
+        if options:
+            rows += [(f"{size} bf16, compiled, {name}", row + ["--compile", *flags]) for name, flags in OPTION_ROWS]
+        else:
+            rows += [(f"{size} bf16", row), (f"{size} bf16, compiled", row + ["--compile"])]
     return rows
+
+
+def plain(row: dict) -> bool:
+    """A row without the OPTION_ROWS' settings: the one the original and ComfyUI are compared with."""
+    return "error" not in row and not row["settings"]["fp8_weights"] and not row["settings"]["channels_last"]
 
 
 def run_part(args: list, timeout: float) -> dict:
@@ -319,15 +336,18 @@ def check(args) -> dict:
         part = me + ["--part", "comfyui", "--comfyui", args.comfyui, "--steps", str(3 if args.tiny else 50)]
         result["comfyui"] = run_part(part + (["--tiny"] if args.tiny else []), args.part_timeout)
         _say("ComfyUI job", result["comfyui"], "cold {cold_s} s, warm {warm_s} s")
-    if "rows" in args.parts:
-        for name, row in bench_rows(args.tiny):
+    rows = [*(bench_rows(args.tiny) if "rows" in args.parts else []),
+            *(bench_rows(args.tiny, options=True) if "options" in args.parts else [])]
+    if rows:
+        for name, row in rows:
             print(f"[gpu_check] {name} ...", flush=True)
             r = result["rows"][name] = run_part(["-m", "dynamicrafter_core.bench", *row, *device], args.part_timeout)
             if "error" not in r:
                 phases = r["runs"]["optimised"]
                 r["summary"] = (f"step {phases['unet_step']['median_s']:.4f} s, end to end "
                                 f"{phases['end_to_end']['median_s']:.2f} s, peak "
-                                f"{phases['end_to_end']['peak_bytes'] / 2 ** 30:.2f} GiB, warm-up {r['warmup_s']}")
+                                f"{phases['end_to_end']['peak_bytes'] / 2 ** 30:.2f} GiB, warm-up {r['warmup_s']}"
+                                + (f", float8 distance {r['fp8_distance']:.3f}" if "fp8_distance" in r else ""))
             _say(name, r, "{summary}")
     variant = "tiny" if args.tiny else "512"
     if "profile" in args.parts:
@@ -375,6 +395,8 @@ def table(result: dict) -> str:
             continue
         phases = r["runs"]["optimised"]
         steps = r["settings"]["steps"]
+        if "fp8_distance" in r:  # how far float8 moves one guided step's output from bf16, in its std
+            name += f", {r['fp8_distance']:.2f} std from bf16"
         lines.append(
             f"| {name} ({steps} steps) | {phases['unet_step']['median_s']:.3f} s | {phases['sampling']['median_s']:.2f} s"
             f" | {phases['vae_decode']['median_s']:.2f} s | {phases['end_to_end']['median_s']:.2f} s"
@@ -389,10 +411,9 @@ def table(result: dict) -> str:
                      f"{p['device_ms']:.1f} ms, {p['kernels']} kernels: {kinds}")
         lines += [f"  {100 * share:5.1f} %  {name}" for name, share in p["top"][:8]]
     ours = {r["settings"]["size"][1]: r["runs"]["optimised"]["unet_step"]["median_s"]
-            for name, r in result["rows"].items() if "error" not in r and "compiled" not in name
-            and not r["settings"]["fp8_weights"]}
+            for r in result["rows"].values() if plain(r) and not r["settings"]["compile"]}
     fast = {r["settings"]["size"][1]: r["runs"]["optimised"]["unet_step"]["median_s"]
-            for name, r in result["rows"].items() if "error" not in r and "compiled" in name}
+            for r in result["rows"].values() if plain(r) and r["settings"]["compile"]}
     for o in result["original"]:
         if "error" in o:
             lines.append(f"\noriginal: failed: {o['error'][:200]}")
@@ -410,7 +431,7 @@ def table(result: dict) -> str:
             lines.append(f"\nComfyUI job: failed: {c['error'][:300]}")
         else:
             core = next((r["runs"]["optimised"]["end_to_end"]["median_s"] for name, r in result["rows"].items()
-                         if "error" not in r and name.startswith(("512 bf16", "tiny")) and "compiled" not in name),
+                         if plain(r) and name.startswith(("512 bf16", "tiny")) and not r["settings"]["compile"]),
                         None)
             ratio = f" = {c['warm_s'] / core:.2f}x the core's end to end" if core and c["warm_s"] else ""
             lines.append(f"\nComfyUI job ({c['steps']} steps; Dynamic VRAM {'on' if c['dynamic_vram'] else 'off'}): "
@@ -428,8 +449,10 @@ def parser() -> argparse.ArgumentParser:
                     help="sizes of the side-by-side (default 512)")
     ap.add_argument("--comfyui", help="a ComfyUI folder whose requirements are installed, for the server job")
     ap.add_argument("--parts", nargs="+", default=["comfyui", "rows", "profile", "original"],
-                    choices=("comfyui", "rows", "profile", "original"),
-                    help="what to run (default: all; comfyui and original only with their folder)")
+                    choices=("comfyui", "rows", "profile", "original", "options"),
+                    help="what to run (default: all but options; comfyui and original only with their folder); "
+                         "options: 512 compiled with each option not on by default (float8 products, "
+                         "channels-last), about 2 minutes each on an H200")
     ap.add_argument("--part-timeout", type=float, default=300, help="seconds one part may take (default 300)")
     ap.add_argument("--json", type=Path, help="write every number here")
     ap.add_argument("--part", choices=("profile", "original", "comfyui"), help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@ All images are (B, 3, H, W) in [-1, 1]; latents are scaled by `scale_factor` (0.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -197,9 +197,11 @@ class DynamiCrafter(nn.Module):
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk: Optional[int] = None, device=None,
-                       references: Optional[list] = None, redecode: Optional[bool] = None) -> torch.Tensor:
+                       references: Optional[list] = None, redecode: Optional[bool] = None,
+                       on_pass: Optional[Callable[[], None]] = None) -> torch.Tensor:
         """(B, 4, h, w) -> (B, 3, H, W), or (B, 4, T, h, w) -> (B, 3, T, H, W); `chunk` frames per decoder call
-        (default 1). Unclamped.
+        (default 1). Unclamped. The frames stay on the device until all are made; on_pass runs after each decoder
+        call (a host's Cancel check), and nothing waits for the device in between.
 
         ToonCrafter (B, 4, T, h, w): by default each video in one pass of its decoder, whose temporal layers and
         keyframe features (`references`, from encode_references) see all T frames; then, unless `redecode` is False,
@@ -211,7 +213,7 @@ class DynamiCrafter(nn.Module):
         check_finite("the latents to decode", [latents], "the sampler that made them failed")
         z = (latents / self.config.scale_factor).to(dev, dtype)
         if self.config.vae.dual_reference:
-            frames = self._decode_video(z, references, redecode is not False, chunk)
+            frames = self._decode_video(z, references, redecode is not False, chunk, on_pass)
         else:
             if references is not None:
                 raise InputError(f"references are keyframe features for ToonCrafter's decoder; this model is "
@@ -220,8 +222,12 @@ class DynamiCrafter(nn.Module):
             if video:
                 b, c, t, h, w = z.shape
                 z = z.transpose(1, 2).reshape(b * t, c, h, w)
-            chunk = chunk or 1
-            frames = torch.cat([vae.decode(z[i:i + chunk]).float() for i in range(0, z.shape[0], chunk)])
+            chunk, parts = chunk or 1, []
+            for i in range(0, z.shape[0], chunk):
+                parts.append(vae.decode(z[i:i + chunk]).float())
+                if on_pass is not None:
+                    on_pass()
+            frames = torch.cat(parts)
             if video:
                 frames = frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
         check_finite("the VAE decoder's frames", [frames], f"its weights are damaged, or it overflowed in "
@@ -230,7 +236,7 @@ class DynamiCrafter(nn.Module):
         return frames
 
     def _decode_video(self, z: torch.Tensor, references: Optional[list], redecode: bool,
-                      chunk: Optional[int]) -> torch.Tensor:
+                      chunk: Optional[int], on_pass: Optional[Callable[[], None]]) -> torch.Tensor:
         """ToonCrafter: (B, 4, T, h, w) scaled-back latents -> (B, 3, T, H, W) float32."""
         if z.ndim != 5:
             raise InputError(f"ToonCrafter decodes whole videos: latents (batch, 4, frames, h, w), got shape "
@@ -246,6 +252,8 @@ class DynamiCrafter(nn.Module):
                 n = part.shape[2]
                 frames = self.vae.decode(part.transpose(1, 2).reshape(b * n, c, h, w), references, frames=n)
                 parts.append(frames.float().unflatten(0, (b, n)).transpose(1, 2))
+                if on_pass is not None:
+                    on_pass()
             return torch.cat(parts, dim=2)
 
         frames = one_pass(z)

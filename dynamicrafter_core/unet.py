@@ -312,9 +312,12 @@ class Upsample(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# float8 weight storage: half the bytes of bf16; each layer upcasts its own weight when it runs
+# float8 weight storage: half the bytes of bf16; each layer upcasts its own weight when it runs. Optionally the linear
+# layers multiply in float8 too (Hopper / Ada tensor cores run it at twice bf16's rate).
 
 FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+MATMUL_MULTIPLE = 16  # CUDA's float8 matrix product needs both weight dimensions divisible by 16
 
 
 def _fp8_forward(self, x):
@@ -325,26 +328,66 @@ def _fp8_forward(self, x):
     return self._conv_forward(x, weight, bias)
 
 
+def fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) -> its float8 values and the float32 (M, 1) scales they are multiplied by: each row (token) scaled so
+    that its largest magnitude maps to float8's largest, so a token of small values keeps its precision."""
+    scale = x.abs().amax(1, keepdim=True).float().clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+    return (x.float() / scale).to(FP8), scale
+
+
+def _fp8_matmul_forward(self, x):
+    """x W^T + b with both factors in float8: the tokens quantised per token as they come, the weight per output
+    channel once (store_fp8); the product accumulates in float32 and is written in x's dtype."""
+    rows, scale = fp8_rows(x.reshape(-1, x.shape[-1]))
+    out = torch._scaled_mm(rows, self.weight.t(), scale_a=scale, scale_b=self.weight_scale.t(),
+                           bias=None if self.bias is None else self.bias.to(x.dtype), out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 # the plain layer classes and their float8-weight twins (same parameter names, so the same state-dict keys)
 FP8_LAYERS = {cls: type(f"Float8{cls.__name__}", (cls,), {"forward": _fp8_forward})
               for cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
+FP8_MATMUL_LINEAR = type("Float8MatmulLinear", (FP8_LAYERS[nn.Linear],), {"forward": _fp8_matmul_forward})
 
 
-def store_fp8(module: nn.Module, compute_dtype: torch.dtype) -> None:
+def fp8_matmul_unsupported(device: torch.device) -> Optional[str]:
+    """Why `device` cannot multiply float8 matrices (None when it can): an NVIDIA GPU needs float8 tensor cores
+    (compute capability 8.9: Ada, Hopper and later); a CPU needs a torch that implements it (2.5 and later)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no float8 "
+                    "tensor cores; they start at 8.9 (Ada, Hopper)")
+        return None
+    try:
+        one = torch.ones(MATMUL_MULTIPLE, MATMUL_MULTIPLE, device=device).to(FP8)
+        torch._scaled_mm(one, one.t(), scale_a=torch.ones(MATMUL_MULTIPLE, 1, device=device),
+                         scale_b=torch.ones(1, MATMUL_MULTIPLE, device=device), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError, AttributeError) as e:
+        return f"torch {torch.__version__} cannot multiply float8 matrices on {device.type} ({str(e).splitlines()[0]})"
+    return None
+
+
+def store_fp8(module: nn.Module, compute_dtype: torch.dtype, matmul: bool = False) -> None:
     """Linear / Conv weights to float8 e4m3 with one scale per output channel (its largest magnitude maps to 448, so
-    small weights keep their precision); every other parameter (biases, norms) to `compute_dtype`."""
+    small weights keep their precision); every other parameter (biases, norms) to `compute_dtype`. matmul: linear
+    layers whose sizes allow it multiply in float8 (inputs quantised per token); convolutions still upcast."""
     for layer in module.modules():
         kind = type(layer)
         if kind in FP8_LAYERS:
             weight = layer.weight.detach().float()
             amax = weight.abs().amax(tuple(range(1, weight.ndim)), keepdim=True)
-            scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / torch.finfo(FP8).max
+            scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
             layer.__class__ = FP8_LAYERS[kind]  # the same module with the upcasting forward
             layer.weight = nn.Parameter((weight / scale).to(FP8), requires_grad=False)
             layer.register_buffer("weight_scale", scale, persistent=False)
-        elif isinstance(layer, tuple(FP8_LAYERS)) and kind not in FP8_LAYERS.values():
+        elif isinstance(layer, tuple(FP8_LAYERS)) and not isinstance(layer, tuple(FP8_LAYERS.values())):
             raise TypeError(f"float8 storage wraps torch.nn layers, not {kind.__name__}; a host that injects its own "
                             "layers (ops) should use its own float8 support")
+        if isinstance(layer, FP8_LAYERS[nn.Linear]):
+            fits = layer.in_features % MATMUL_MULTIPLE == 0 and layer.out_features % MATMUL_MULTIPLE == 0
+            layer.__class__ = FP8_MATMUL_LINEAR if matmul and fits else FP8_LAYERS[nn.Linear]
         for name, param in layer.named_parameters(recurse=False):
             if param.dtype != FP8:
                 setattr(layer, name, nn.Parameter(param.detach().to(compute_dtype), requires_grad=False))
@@ -466,10 +509,23 @@ class UNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.compute_dtype or self.input_blocks[0][0].weight.dtype
 
-    def store_fp8(self, compute_dtype: torch.dtype = torch.bfloat16) -> "UNet":
+    def store_fp8(self, compute_dtype: torch.dtype = torch.bfloat16, matmul: bool = False) -> "UNet":
         """Keep the weights in float8 (1.4 GB for the released UNet instead of 2.9 GB in bf16) and compute in
-        `compute_dtype`; each layer upcasts its weight as it runs. For UNets built with torch.nn layers."""
-        store_fp8(self, compute_dtype)
+        `compute_dtype`; each layer upcasts its weight as it runs. For UNets built with torch.nn layers.
+
+        matmul=True: the linear layers (47 % of the UNet's FLOPs; the convolutions are another 47 %) multiply
+        in float8 on the tensor cores, their inputs quantised per token as they come; bf16 compute only. Further from
+        the float32 model than float8 storage alone (`bench --fp8-matmul` prints how far); opt in. Refused, saying
+        why, on a device that cannot."""
+        if matmul:
+            if compute_dtype != torch.bfloat16:
+                raise InputError(f"float8 matrix products write bfloat16 (what CUDA's row-scaled float8 product "
+                                 f"supports); got compute dtype {str(compute_dtype).replace('torch.', '')}: use bf16")
+            device = self.input_blocks[0][0].weight.device
+            if (why := fp8_matmul_unsupported(device)) is not None:
+                raise InputError(f"float8 matrix products are not available here: {why}. Store the weights in "
+                                 "float8 without them (store_fp8(matmul=False), bench --fp8), which any device runs")
+        store_fp8(self, compute_dtype, matmul)
         self.compute_dtype = compute_dtype
         return self
 

@@ -115,7 +115,8 @@ def sample_video(model: DynamiCrafterModel, context: ImageContext, start: tuple,
 def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optional[list] = None) -> torch.Tensor:
     """(B, 4, T, h, w) -> the video (B, 3, T, H, W) on the CPU, unclamped. DynamiCrafter's VAE one frame at a time,
     checking for Cancel between frames; ToonCrafter's decoder sees the whole video and the keyframes' features at
-    once (its temporal layers and the original's re-decode of the middle frames need them together)."""
+    once (its temporal layers and the original's re-decode of the middle frames need them together). The frames
+    come to the CPU together at the end: a copy per frame would make the CPU wait for the GPU at every frame."""
     vae = model.core.vae
     h, w = latents.shape[-2:]
     device = model.device("vae")
@@ -134,13 +135,13 @@ def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optiona
             log.warning("ToonCrafter's decoder needs about %.1f GiB for all %d frames at once, %.1f GiB are free: "
                         "decoding %d frames per pass, which is less faithful to the original's single pass",
                         need / 2 ** 30, frames, free / 2 ** 30, per_pass)
-        return model.core.decode_latents(latents, per_pass, device=device, references=references).cpu()
-    host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize), full=True)
-    frames = []
-    for t in range(latents.shape[2]):
-        frames.append(model.core.decode_latents(latents[:, :, t:t + 1], device=device).cpu())
-        host.check_interrupt()
-    return torch.cat(frames, dim=2)
+        return model.core.decode_latents(latents, per_pass, device=device, references=references,
+                                         on_pass=host.check_interrupt).cpu()
+    # the float32 frames, held on the device until the last, and their concatenation
+    video_bytes = 2 * 4 * 3 * latents[:, :1].numel() * 64
+    host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize) + video_bytes,
+              full=True)
+    return model.core.decode_latents(latents, device=device, on_pass=host.check_interrupt).cpu()
 
 
 def latent_output(model: DynamiCrafterModel, latents: torch.Tensor) -> dict:

@@ -42,6 +42,19 @@ def test_unet_step_baseline_gives_the_same_output():
     assert result["comparison"]["same"], result["comparison"]
 
 
+def test_fp8_matmul_bench_says_how_far_float8_moves_the_output(capsys):
+    args = bench.parser().parse_args(["--tiny", "--device", "cpu", "--dtype", "bf16", "--fp8-matmul", "--unet-step",
+                                      "--size", "64x128", "--frames", "4", "--repeats", "1", "--warmup", "0"])
+    result = bench.run(args)
+    assert result["settings"]["fp8_matmul"] and result["settings"]["fp8_weights"]
+    assert 0 < result["fp8_distance"] < 10  # moved, and by float8's rounding rather than a broken product
+    bench.print_table(result)
+    assert "float8: one guided step's output is" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.run(bench.parser().parse_args(["--tiny", "--device", "cpu", "--dtype", "fp32", "--fp8-matmul"]))
+    assert "--fp8-matmul computes in bf16: add --dtype bf16" in capsys.readouterr().err
+
+
 def test_tiny_config_is_the_parity_fixture(tiny_config):
     assert bench.tiny_config() == from_original(tiny_config)
 

@@ -45,3 +45,30 @@ def test_kernels_are_sorted_into_the_kinds_the_table_names():
     assert gpu_check.kind_of("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT") == "matrix"
     assert gpu_check.kind_of("triton_poi_fused_convolution_native_group_norm_silu_1") == "compiled fusions"
     assert gpu_check.kind_of("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>") == "copy/layout"
+
+
+def test_option_rows_are_opt_in_and_kept_out_of_the_comparisons():
+    """The options part (float8 products, channels-last) is not in the default run, its rows say how far float8
+    moves the output, and the original side by side and the ComfyUI ratio use the plain rows only."""
+    assert "options" not in gpu_check.parser().parse_args([]).parts
+    options = dict(gpu_check.bench_rows(False, options=True))
+    assert set(options) == {"512 bf16, compiled, fp8 matmul", "512 bf16, compiled, channels-last"}
+    assert all("--compile" in row and "bf16" in row for row in options.values())
+    assert "--fp8-matmul" in options["512 bf16, compiled, fp8 matmul"]
+
+    def row(step, compile=False, fp8=False, channels_last=False):
+        phase = {"median_s": step, "peak_bytes": 2 ** 30}
+        return {"device": "GPU", "warmup_s": [1.0], "tflops": {"optimised": 100.0},
+                "runs": {"optimised": {k: phase for k in ("unet_step", "sampling", "vae_decode", "end_to_end")}},
+                "settings": {"steps": 50, "size": [320, 512], "compile": compile, "fp8_weights": fp8,
+                             "fp8_matmul": fp8, "channels_last": channels_last},
+                **({"fp8_distance": 0.8} if fp8 else {})}
+
+    result = {"started": "now", "commit": "abc", "profiles": [], "comfyui": None,
+              "rows": {"512 bf16": row(0.2), "512 bf16, compiled": row(0.1, compile=True),
+                       "512 bf16, compiled, fp8 matmul": row(0.05, compile=True, fp8=True),
+                       "512 bf16, compiled, channels-last": row(0.04, compile=True, channels_last=True)},
+              "original": [{"variant": "512", "attention": "einsum", "step_s": 0.4}]}
+    table = gpu_check.table(result)
+    assert "| 512 bf16, compiled, fp8 matmul, 0.80 std from bf16 (50 steps) |" in table
+    assert "ours eager 2.00x faster, compiled 4.00x" in table

@@ -89,6 +89,25 @@ def test_compile_gives_the_same_video_within_rounding(tmp_path, photo):
     assert a.shape == b.shape == (3, 64, 64, 3) and (a - b).abs().max() <= 1
 
 
+def test_fp8_weights_and_products_make_the_video(tmp_path, photo, capsys):
+    """--fp8 matmul on a CPU (this torch multiplies float8 there): the UNet's linear layers run float8 products, and
+    the video stays the bf16 one but for float8's rounding: closer to it than another seed's video is."""
+    videos = {}
+    for name, options in (("bf16", ()), ("weights", ("--fp8", "weights")), ("matmul", ("--fp8", "matmul")),
+                          ("another seed", ("--seed", "7"))):
+        out = tmp_path / name.replace(" ", "_")
+        status, err = in_process(capsys, "animate", photo, "--prompt", "a red square", "--dtype", "bf16", *options,
+                                 *tiny("--frames", "3", "--eta", "0", "-o", out))
+        assert status == 0, err
+        videos[name] = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in sorted(out.iterdir())])).float()
+        if name == "matmul":
+            assert "its linear layers multiply in float8" in err
+    seed_distance = (videos["another seed"] - videos["bf16"]).abs().mean()
+    for fp8 in ("weights", "matmul"):
+        assert videos[fp8].shape == videos["bf16"].shape == (3, 64, 64, 3)
+        assert 0 < (videos[fp8] - videos["bf16"]).abs().mean() < seed_distance / 2
+
+
 def in_process(capsys, *args):
     """main() as `python -m dynamicrafter_core` runs it: (exit status, stderr)."""
     status = main([str(a) for a in args])
@@ -104,6 +123,7 @@ def in_process(capsys, *args):
     (("animate", "{photo}", "--prompt", "0: a boat | 16: sails away"), "--prompt is a schedule, but 16 frames"),
     (("animate", "{photo}", "--frames", "40", "--overlap", "15"), "overlap must be a whole number from 0 to 14"),
     (("animate", "{photo}", "--keyframe", "{photo}", "--loop"), "cannot be combined with --end or --loop"),
+    (("animate", "{photo}", "--fp8", "matmul", "--dtype", "fp32"), "--fp8 matmul computes in bf16, not float32"),
 ])
 def test_bad_input_gets_one_clear_line(args, message, photo, tmp_path, capsys):
     args = [a.format(photo=photo) for a in args]
