@@ -104,8 +104,13 @@ def write_checkpoint(path: Path, cfg: ModelConfig, variant: str, device: torch.d
     from .checkpoint import PREFIXES
 
     model = random_model(cfg, variant, device, dtype)
-    tensors = {prefix + key: value.detach().cpu().contiguous() for prefix, attr in PREFIXES.items()
-               for key, value in model.get_submodule(attr).state_dict().items()}
+    tensors = {}
+    for prefix, attr in PREFIXES.items():
+        try:
+            network = model.get_submodule(attr)
+        except AttributeError:  # a network this model has not got (the pose encoder outside CamI2V)
+            continue
+        tensors.update({prefix + key: value.detach().cpu().contiguous() for key, value in network.state_dict().items()})
     if model.schedule.scale_arr is not None:
         tensors["scale_arr"] = model.schedule.scale_arr.float()
     del model

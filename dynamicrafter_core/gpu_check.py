@@ -3,6 +3,10 @@ through a ComfyUI server and one guided step of the original implementation, sid
 
   python -m dynamicrafter_core.gpu_check [--original DIR] [--comfyui DIR] [--json FILE]
         on a CUDA machine: about 6 minutes on an H200 (more with --comfyui: a 5 GB checkpoint is written first)
+  python -m dynamicrafter_core.gpu_check --parts options [--comfyui DIR]
+        the 512 model compiled with each option that is not on by default (float8 products, channels-last), with
+        float8's distance from bf16: about 2 minutes per option on an H200; with --comfyui, the ComfyUI job again
+        with I2V Sampler's compile option (first compiling, then reusing the graphs)
   python -m dynamicrafter_core.gpu_check --device cpu --tiny
         the same parts on the tiny-width model on the CPU: a dry run of this command, in a few minutes
 
@@ -220,8 +224,9 @@ def part_original(original: str, variant: str, device: str, attention: str) -> d
 # A ComfyUI server job
 
 
-def api_prompt(ckpt: str, seed: int, steps: int, size: tuple) -> dict:
-    """The bundled image-to-video job as ComfyUI's API format (the node ids are this pack's)."""
+def api_prompt(ckpt: str, seed: int, steps: int, size: tuple, compile: bool = False) -> dict:
+    """The bundled image-to-video job as ComfyUI's API format (the node ids are this pack's); `compile`: I2V
+    Sampler's compile option on."""
     height, width = size
     p = "DynamiCrafterAnimate_"
     return {
@@ -237,13 +242,14 @@ def api_prompt(ckpt: str, seed: int, steps: int, size: tuple) -> dict:
         "5": {"class_type": p + "I2VSampler",
               "inputs": {"model": ["1", 0], "context": ["4", 0], "guidance": ["3", 0], "seed": seed, "steps": steps,
                          "cfg": 7.5, "image_cfg": 0.0, "eta": 1.0, "fs": 0, "guidance_rescale": -1.0,
-                         "spacing": "auto"}},
+                         "spacing": "auto", **({"compile": True} if compile else {})}},
         "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "gpu_check"}},
     }
 
 
-def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int) -> dict:
-    """Write a checkpoint, start ComfyUI with this pack, queue the job twice, read ComfyUI's times."""
+def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int, compiled: bool = False) -> dict:
+    """Write a checkpoint, start ComfyUI with this pack, queue the job twice, read ComfyUI's times. `compiled`: then
+    twice more with I2V Sampler's compile option (the first compiles the UNet's layers, the second reuses them)."""
     import re
     import urllib.request
 
@@ -286,8 +292,8 @@ def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int) -> dict:
                 time.sleep(1)
         times = []
         size = (64, 64) if tiny else (320, 512)
-        for seed in (1, 2):
-            body = json.dumps({"prompt": api_prompt(name, seed, steps, size)}).encode()
+        for seed, compile in ((1, False), (2, False), *(((3, True), (4, True)) if compiled else ())):
+            body = json.dumps({"prompt": api_prompt(name, seed, steps, size, compile)}).encode()
             request = urllib.request.Request(url + "/prompt", body, {"Content-Type": "application/json"})
             prompt_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["prompt_id"]
             while True:
@@ -301,7 +307,9 @@ def part_comfyui(comfy_dir: str, device: str, tiny: bool, steps: int) -> dict:
             found = re.findall(r"Prompt executed in ([0-9.:]+) seconds", log_path.read_text())
             times.append(found[-1] if found else None)
         text = log_path.read_text()
-        return {"cold_s": _seconds(times[0]), "warm_s": _seconds(times[1]), "steps": steps,
+        seconds = [_seconds(t) for t in times]
+        return {"cold_s": seconds[0], "warm_s": seconds[1], "steps": steps,
+                **({"compiled_first_s": seconds[2], "compiled_warm_s": seconds[3]} if compiled else {}),
                 "dynamic_vram": "DynamicVRAM support detected and enabled" in text,
                 "log_tail": text[-1500:]}
     finally:
@@ -331,11 +339,14 @@ def check(args) -> dict:
     result = {"started": time.strftime("%Y-%m-%d %H:%M"), "commit": _commit(), "rows": {}, "profiles": [],
               "original": [], "comfyui": None}
     me = ["-m", "dynamicrafter_core.gpu_check", *device]
-    if args.comfyui and "comfyui" in args.parts:
-        print("[gpu_check] ComfyUI server job ...", flush=True)
+    if args.comfyui and {"comfyui", "options"} & set(args.parts):
+        compiled = "options" in args.parts  # I2V Sampler's compile option: is it worth it under Dynamic VRAM?
+        print(f"[gpu_check] ComfyUI server job{', eager and compiled' if compiled else ''} ...", flush=True)
         part = me + ["--part", "comfyui", "--comfyui", args.comfyui, "--steps", str(3 if args.tiny else 50)]
-        result["comfyui"] = run_part(part + (["--tiny"] if args.tiny else []), args.part_timeout)
-        _say("ComfyUI job", result["comfyui"], "cold {cold_s} s, warm {warm_s} s")
+        part += (["--tiny"] if args.tiny else []) + (["--compiled"] if compiled else [])
+        result["comfyui"] = run_part(part, args.part_timeout * (2 if compiled else 1))
+        _say("ComfyUI job", result["comfyui"], "cold {cold_s} s, warm {warm_s} s"
+             + (", compiled: first {compiled_first_s} s, warm {compiled_warm_s} s" if compiled else ""))
     rows = [*(bench_rows(args.tiny) if "rows" in args.parts else []),
             *(bench_rows(args.tiny, options=True) if "options" in args.parts else [])]
     if rows:
@@ -436,6 +447,9 @@ def table(result: dict) -> str:
             ratio = f" = {c['warm_s'] / core:.2f}x the core's end to end" if core and c["warm_s"] else ""
             lines.append(f"\nComfyUI job ({c['steps']} steps; Dynamic VRAM {'on' if c['dynamic_vram'] else 'off'}): "
                          f"cold {c['cold_s']} s, warm {c['warm_s']} s{ratio}")
+            if "compiled_warm_s" in c:
+                lines.append(f"  with I2V Sampler's compile: first {c['compiled_first_s']} s (compiles), then "
+                             f"{c['compiled_warm_s']} s")
     return "\n".join(lines)
 
 
@@ -452,7 +466,8 @@ def parser() -> argparse.ArgumentParser:
                     choices=("comfyui", "rows", "profile", "original", "options"),
                     help="what to run (default: all but options; comfyui and original only with their folder); "
                          "options: 512 compiled with each option not on by default (float8 products, "
-                         "channels-last), about 2 minutes each on an H200")
+                         "channels-last), about 2 minutes each on an H200, and with --comfyui the job again with I2V "
+                         "Sampler's compile")
     ap.add_argument("--part-timeout", type=float, default=300, help="seconds one part may take (default 300)")
     ap.add_argument("--json", type=Path, help="write every number here")
     ap.add_argument("--part", choices=("profile", "original", "comfyui"), help=argparse.SUPPRESS)
@@ -472,7 +487,7 @@ def main(argv=None) -> int:
         print(json.dumps(part_original(args.original, args.variant, args.device, args.attention)))
         return 0
     if args.part == "comfyui":
-        print(json.dumps(part_comfyui(args.comfyui, args.device, args.tiny, args.steps)))
+        print(json.dumps(part_comfyui(args.comfyui, args.device, args.tiny, args.steps, args.compiled)))
         return 0
     if args.device.startswith("cuda") and args.tiny is False:
         import torch

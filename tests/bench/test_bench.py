@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import dynamicrafter_core as dc
 from dynamicrafter_core import bench
 from dynamicrafter_core.config import VARIANT_CONFIGS, from_original
+from dynamicrafter_core.unet import fp8_matmul_unsupported
 
 ROOT = Path(__file__).parents[2]
 
@@ -42,6 +44,8 @@ def test_unet_step_baseline_gives_the_same_output():
     assert result["comparison"]["same"], result["comparison"]
 
 
+@pytest.mark.skipif(fp8_matmul_unsupported(torch.device("cpu")) is not None,
+                    reason=f"torch {torch.__version__} does not multiply float8 matrices on the CPU")
 def test_fp8_matmul_bench_says_how_far_float8_moves_the_output(capsys):
     args = bench.parser().parse_args(["--tiny", "--device", "cpu", "--dtype", "bf16", "--fp8-matmul", "--unet-step",
                                       "--size", "64x128", "--frames", "4", "--repeats", "1", "--warmup", "0"])
@@ -53,6 +57,18 @@ def test_fp8_matmul_bench_says_how_far_float8_moves_the_output(capsys):
     with pytest.raises(SystemExit):
         bench.run(bench.parser().parse_args(["--tiny", "--device", "cpu", "--dtype", "fp32", "--fp8-matmul"]))
     assert "--fp8-matmul computes in bf16: add --dtype bf16" in capsys.readouterr().err
+
+
+def test_a_written_random_checkpoint_loads_as_the_model_it_was_written_from(tmp_path):
+    """The GPU check's ComfyUI job and the ComfyUI path probe load this file: every network of the model, in the
+    released key names (a model without a pose encoder too: CamI2V's prefix once broke it)."""
+    path = bench.write_checkpoint(tmp_path / "random.safetensors", bench.tiny_config(), "512", torch.device("cpu"),
+                                  torch.float32)
+    loaded = dc.load_model(path, config=bench.tiny_config())
+    written = bench.random_model(bench.tiny_config(), "512", torch.device("cpu"), torch.float32)
+    for name in ("unet", "vae", "query_transformer", "text_encoder", "image_encoder"):
+        ours, theirs = getattr(loaded, name).state_dict(), getattr(written, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
 def test_tiny_config_is_the_parity_fixture(tiny_config):

@@ -69,6 +69,10 @@ def test_option_rows_are_opt_in_and_kept_out_of_the_comparisons():
                        "512 bf16, compiled, fp8 matmul": row(0.05, compile=True, fp8=True),
                        "512 bf16, compiled, channels-last": row(0.04, compile=True, channels_last=True)},
               "original": [{"variant": "512", "attention": "einsum", "step_s": 0.4}]}
+    result["comfyui"] = {"steps": 50, "dynamic_vram": True, "cold_s": 20.0, "warm_s": 0.3, "compiled_first_s": 120.0,
+                         "compiled_warm_s": 0.25}
     table = gpu_check.table(result)
     assert "| 512 bf16, compiled, fp8 matmul, 0.80 std from bf16 (50 steps) |" in table
     assert "ours eager 2.00x faster, compiled 4.00x" in table
+    assert "warm 0.3 s = 1.50x the core's end to end" in table  # the eager row's 0.2 s
+    assert "with I2V Sampler's compile: first 120.0 s (compiles), then 0.25 s" in table

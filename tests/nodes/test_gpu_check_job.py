@@ -24,3 +24,15 @@ def test_the_comfyui_job_is_a_prompt_the_pack_accepts(pack, host):
             if isinstance(value, list):  # a link: [source node id, output index]
                 source = prompt[value[0]]["class_type"]
                 assert outputs[source][value[1]] == declared[name][0], f"{node['class_type']}.{name}"
+
+
+def test_the_compiled_comfyui_job_turns_on_i2v_sampler_s_compile_option(pack, host):
+    """gpu_check --parts options --comfyui queues the job again with I2V Sampler's compile option: an input the node
+    declares, of the type given."""
+    prompt = gpu_check.api_prompt("model.safetensors", seed=3, steps=50, size=(320, 512), compile=True)
+    sampler = next(node for node in prompt.values() if node["class_type"] == "DynamiCrafterAnimate_I2VSampler")
+    declared = pack.NODE_CLASS_MAPPINGS["DynamiCrafterAnimate_I2VSampler"].INPUT_TYPES()
+    assert sampler["inputs"]["compile"] is True and declared["optional"]["compile"][0] == "BOOLEAN"
+    eager = gpu_check.api_prompt("model.safetensors", seed=3, steps=50, size=(320, 512))
+    assert "compile" not in next(node for node in eager.values()
+                                 if node["class_type"] == "DynamiCrafterAnimate_I2VSampler")["inputs"]
