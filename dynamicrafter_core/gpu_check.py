@@ -349,17 +349,16 @@ def check(args) -> dict:
              + (", compiled: first {compiled_first_s} s, warm {compiled_warm_s} s" if compiled else ""))
     rows = [*(bench_rows(args.tiny) if "rows" in args.parts else []),
             *(bench_rows(args.tiny, options=True) if "options" in args.parts else [])]
-    if rows:
-        for name, row in rows:
-            print(f"[gpu_check] {name} ...", flush=True)
-            r = result["rows"][name] = run_part(["-m", "dynamicrafter_core.bench", *row, *device], args.part_timeout)
-            if "error" not in r:
-                phases = r["runs"]["optimised"]
-                r["summary"] = (f"step {phases['unet_step']['median_s']:.4f} s, end to end "
-                                f"{phases['end_to_end']['median_s']:.2f} s, peak "
-                                f"{phases['end_to_end']['peak_bytes'] / 2 ** 30:.2f} GiB, warm-up {r['warmup_s']}"
-                                + (f", float8 distance {r['fp8_distance']:.3f}" if "fp8_distance" in r else ""))
-            _say(name, r, "{summary}")
+    for name, row in rows:
+        print(f"[gpu_check] {name} ...", flush=True)
+        r = result["rows"][name] = run_part(["-m", "dynamicrafter_core.bench", *row, *device], args.part_timeout)
+        if "error" not in r:
+            phases = r["runs"]["optimised"]
+            r["summary"] = (f"step {phases['unet_step']['median_s']:.4f} s, end to end "
+                            f"{phases['end_to_end']['median_s']:.2f} s, peak "
+                            f"{phases['end_to_end']['peak_bytes'] / 2 ** 30:.2f} GiB, warm-up {r['warmup_s']}"
+                            + (f", float8 distance {r['fp8_distance']:.3f}" if "fp8_distance" in r else ""))
+        _say(name, r, "{summary}")
     variant = "tiny" if args.tiny else "512"
     if "profile" in args.parts:
         for compiled in (False, True):

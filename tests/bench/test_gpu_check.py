@@ -64,13 +64,13 @@ def test_option_rows_are_opt_in_and_kept_out_of_the_comparisons():
                              "fp8_matmul": fp8, "channels_last": channels_last},
                 **({"fp8_distance": 0.8} if fp8 else {})}
 
-    result = {"started": "now", "commit": "abc", "profiles": [], "comfyui": None,
+    result = {"started": "now", "commit": "abc", "profiles": [],
               "rows": {"512 bf16": row(0.2), "512 bf16, compiled": row(0.1, compile=True),
                        "512 bf16, compiled, fp8 matmul": row(0.05, compile=True, fp8=True),
                        "512 bf16, compiled, channels-last": row(0.04, compile=True, channels_last=True)},
-              "original": [{"variant": "512", "attention": "einsum", "step_s": 0.4}]}
-    result["comfyui"] = {"steps": 50, "dynamic_vram": True, "cold_s": 20.0, "warm_s": 0.3, "compiled_first_s": 120.0,
-                         "compiled_warm_s": 0.25}
+              "original": [{"variant": "512", "attention": "einsum", "step_s": 0.4}],
+              "comfyui": {"steps": 50, "dynamic_vram": True, "cold_s": 20.0, "warm_s": 0.3, "compiled_first_s": 120.0,
+                          "compiled_warm_s": 0.25}}
     table = gpu_check.table(result)
     assert "| 512 bf16, compiled, fp8 matmul, 0.80 std from bf16 (50 steps) |" in table
     assert "ours eager 2.00x faster, compiled 4.00x" in table

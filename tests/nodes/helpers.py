@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_v07"
@@ -32,3 +33,15 @@ def comfy_image(size=(64, 64), seed=0, batch=1) -> torch.Tensor:
         img[h // 4: h // 2, (seed + b) * 7 % (w // 2): (seed + b) * 7 % (w // 2) + w // 4] = 0.95
         images.append(img)
     return torch.stack(images)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts reads of a tensor's value into Python (.item(), float(), bool(), int()): each is a host sync on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from dynamicrafter_core.pipeline import sample
 
-from .helpers import FIXTURE, comfy_image
+from .helpers import FIXTURE, ScalarReads, comfy_image
 from .real_host import (comfy, context_windows, context_windows_fail_for_frames_in_batch, dynamic_vram, load,  # noqa: F401
                         pytestmark, real)
 
@@ -545,18 +545,6 @@ def test_the_schedule_conversions_never_read_back_to_the_host(real, model, pack)
     assert ms.tables(meta) is tables
     checks = pack.nodes.native.FrameChecks()
     checks.record(sigma, torch.empty(3, 77, 16, device=meta), 3, windowed=False)  # recorded on the device, read once per run
-
-
-class ScalarReads(TorchDispatchMode):
-    """Counts reads of a tensor's value into Python (.item(), float(), bool(), int()): each is a host sync on a GPU."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def test_a_guided_step_reads_no_value_back_to_the_host(real, model, pack, monkeypatch):

@@ -6,7 +6,7 @@ import torch
 from dynamicrafter_core.pipeline import animate, fit_image
 
 from .fake_host import LOAD_DEVICE, Interrupted
-from .helpers import TINY, comfy_image
+from .helpers import TINY, ScalarReads, comfy_image
 
 LOADER = "DynamiCrafterAnimate_Loader"
 CONTEXT = "DynamiCrafterAnimate_EncodeImageContext"
@@ -153,19 +153,10 @@ def test_the_decode_reads_the_device_twice_per_video_not_per_frame(pack, host, l
     latents = torch.randn(1, 4, 6, 8, 8, generator=torch.Generator().manual_seed(0))
     checks = []
     monkeypatch.setattr(pack.nodes.host, "check_interrupt", lambda: checks.append(1))
-
-    class Reads(torch.utils._python_dispatch.TorchDispatchMode):
-        ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
-                Reads.ops.append(func)
-            return func(*args, **(kwargs or {}))
-
-    with Reads():
+    with ScalarReads() as reads:
         video = pack.nodes.sampler.decode(loaded["model"], latents)
     assert video.shape == (1, 3, 6, 64, 64) and video.device.type == "cpu"
-    assert len(Reads.ops) == 2 and len(checks) == 6
+    assert reads.count == 2 and len(checks) == 6
     frame = loaded["model"].core.decode_latents(latents[:, :, 2:3])
     torch.testing.assert_close(video[:, :, 2:3], frame, rtol=0, atol=0)  # still the VAE one frame at a time
 
