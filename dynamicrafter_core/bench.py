@@ -134,9 +134,10 @@ def build_model(args, device: torch.device, dtype: torch.dtype, record: Optional
         model = random_model(VARIANT_CONFIGS[args.variant], args.variant, device, dtype, args.seed)
     unet = model.unet
     if args.fp8 or args.fp8_matmul:
-        reference = guided_step(model, step_inputs(model, args))
+        inputs = step_inputs(model, args)
+        reference = guided_step(model, inputs)
         unet.store_fp8(dtype, matmul=args.fp8_matmul)
-        distance = relative_distance(guided_step(model, step_inputs(model, args)), reference)
+        distance = relative_distance(guided_step(model, inputs), reference)
         if record is not None:
             record["fp8_distance"] = distance
     unet.channels_last = args.channels_last

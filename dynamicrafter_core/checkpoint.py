@@ -34,6 +34,9 @@ PREFIXES = {
     "pose_encoder.": "pose_encoder",  # CamI2V's camera encoder
 }
 
+# RealCam-I2V's files hold only the camera weights; each loads on the DynamiCrafter checkpoint of its size
+REALCAM_BASES = "dynamicrafter_256_v1.ckpt for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*"
+
 LEGACY_NAMES = {"model.diffusion_model.framestride_embed.": "model.diffusion_model.fps_embedding."}
 
 SCHEDULE_BUFFERS = (
@@ -381,8 +384,7 @@ def load_model(source: Union[str, Path, StateDict], config: Union[None, dict, st
             "temopral_conv" in k for k in names):
         raise BaseCheckpointNeededError(
             f"{what} holds only camera weights (pose_encoder.*, the epipolar layers: a RealCam-I2V file): it loads on "
-            "top of the DynamiCrafter checkpoint of its size; pass that file as the base (dynamicrafter_256_v1.ckpt "
-            "for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*)")
+            f"top of the DynamiCrafter checkpoint of its size; pass that file as the base ({REALCAM_BASES})")
     if not any(k.startswith("model.diffusion_model.") for k in names) or not any(
             "temopral_conv" in k for k in names):
         raise CheckpointError(

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..dynamicrafter_core.checkpoint import load_model
+from ..dynamicrafter_core.checkpoint import REALCAM_BASES, load_model
 from ..dynamicrafter_core.errors import BaseCheckpointNeededError, ModelFileNotFoundError
 from ..dynamicrafter_core.weights import RELEASED
 from . import host
@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 WEIGHT_DTYPES = ["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn"]
 VARIANTS = ["auto", "512", "512_interp"]
 NO_BASE = "none"
-# RealCam-I2V's files hold only the camera weights; each loads on the DynamiCrafter checkpoint of its size
-REALCAM_BASES = "dynamicrafter_256_v1.ckpt for 256_realcam-i2v_*, dynamicrafter_512_v1.ckpt for 512_realcam-i2v_*"
 # ComfyUI's fp16/bf16 choice weighs the UNet's size against free memory; the released UNet has 1.44e9 parameters
 UNET_PARAMETERS = 1_438_854_980
 FP8 = torch.float8_e4m3fn

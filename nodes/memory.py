@@ -12,7 +12,8 @@ needs no estimate: ComfyUI does not budget it).
   ControlNet:    an SD 2.1 ControlNet or ToonCrafter's sketch encoder is the UNet's input half without its temporal
                  layers: CONTROL_SHARE of the UNet's working memory for the same rows (an estimate, not measured).
   VAE decode:    6.0 x H x W x ch x bytes per frame (decoded one frame at a time; encode needs 4.2): 512x320 fp32:
-                 0.47 GiB, 1024x576: 1.7 GiB (includes the mid-block attention scores).
+                 0.47 GiB, 1024x576: 1.7 GiB (includes the mid-block attention scores); and the decoded float32
+                 frames, kept on the device until the last, twice while they are concatenated (16 at 512: 63 MB).
   CLIP towers:   at most 257 tokens x ~20k values per token per image (ViT-H block transients): a few MiB, below
                  ComfyUI's own floor of 0.8 GiB for any load.
 """
@@ -35,6 +36,11 @@ def unet(videos: int, branches: int, frames: int, latent_hw: tuple, model_channe
 
 def vae(height: int, width: int, channels: int, bytes_per_value: int) -> int:
     return int(MARGIN * VAE_FACTOR * height * width * channels * bytes_per_value)
+
+
+def decoded_frames(videos: int, frames: int, height: int, width: int) -> int:
+    """The float32 RGB frames a decode holds on the device until its last one, and their concatenation."""
+    return 2 * 4 * 3 * videos * frames * height * width
 
 
 def video_decoder(videos: int, frames: int, height: int, width: int, channels: int, bytes_per_value: int) -> int:

@@ -137,10 +137,8 @@ def decode(model: DynamiCrafterModel, latents: torch.Tensor, references: Optiona
                         need / 2 ** 30, frames, free / 2 ** 30, per_pass)
         return model.core.decode_latents(latents, per_pass, device=device, references=references,
                                          on_pass=host.check_interrupt).cpu()
-    # the float32 frames, held on the device until the last, and their concatenation
-    video_bytes = 2 * 4 * 3 * latents[:, :1].numel() * 64
-    host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize) + video_bytes,
-              full=True)
+    host.load(model.patchers_for("vae"), memory.vae(h * 8, w * 8, vae.cfg.ch, vae.dtype.itemsize)
+              + memory.decoded_frames(latents.shape[0], latents.shape[2], h * 8, w * 8), full=True)
     return model.core.decode_latents(latents, device=device, on_pass=host.check_interrupt).cpu()
 
 

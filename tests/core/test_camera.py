@@ -14,10 +14,10 @@ from dynamicrafter_core.errors import CheckpointError, InputError
 from dynamicrafter_core.sampler import cfg_denoiser
 from dynamicrafter_core.trajectory import PRESETS, CameraPath, camera_path, preset_path, read_pose_file
 
-from ..conftest import TESTS, write_realcam_split
+from ..conftest import CAMI2V_CHECKPOINT as CAMI2V_FILE
+from ..conftest import write_realcam_split
 
-CAMI2V = TESTS / "fixtures" / "tiny_cami2v"
-CAMI2V_FILE = CAMI2V / "tiny_cami2v.safetensors"
+CAMI2V = CAMI2V_FILE.parent
 
 
 @pytest.fixture(scope="module")
